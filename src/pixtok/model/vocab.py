@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 TASKS: tuple[str, ...] = (
     "detection",
     "caption",
@@ -144,6 +146,35 @@ class PixtokVocab:
 
     def is_text(self, token_id: int) -> bool:
         return UNK_ID < token_id < self.base_vocab_size
+
+    def task_from_id(self, token_id: int) -> str:
+        """Name of the task whose token is ``token_id`` (raises for non-task ids)."""
+        index = token_id - self.task_offset
+        if not 0 <= index < len(TASKS):
+            raise ValueError(f"token {token_id} is not a task token ([{self.task_offset}, {self.size}))")
+        return TASKS[index]
+
+    # --- coordinates (the one place the bin arithmetic lives) -------------------------------------
+    def quantize(self, values: np.ndarray) -> np.ndarray:
+        """Coordinates in model space → bin indices.
+
+        Args:
+            values: any shape, floats normalized to the padded square (``[0, 1]``); values outside
+                are clamped to the first/last bin, NaN maps to bin 0.
+
+        Returns:
+            ``int64`` array of the same shape, in ``[0, num_bins)`` (add :attr:`coord_offset` for ids).
+        """
+        scaled = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0) * self.num_bins
+        return np.clip(np.floor(scaled), 0, self.num_bins - 1).astype(np.int64)
+
+    def dequantize(self, bins: np.ndarray) -> np.ndarray:
+        """Bin indices → bin centres ``(bin + 0.5) / num_bins`` in model space (``float64``).
+
+        Bins outside ``[0, num_bins)`` are clamped first, so the result always lies in ``(0, 1)``.
+        """
+        bins = np.clip(np.asarray(bins, dtype=np.int64), 0, self.num_bins - 1)
+        return (bins + 0.5) / self.num_bins
 
     def class_token(self, label: int) -> int:
         if not 0 <= label < self.num_classes:
