@@ -1,0 +1,119 @@
+"""The Task interface: how a dataset row becomes model inputs, predictions and a score.
+
+Each task is one small class. The training loop only ever calls the five methods below, so adding
+a task means adding a file and a line in :data:`pixtok.tasks.TASK_CLASSES` — never editing the loop.
+
+* :meth:`Task.items` — the training/evaluation units of a dataset (an image, or one sentence of an
+  image's caption, or one referring expression …) as ``(row_index, sub_index)`` pairs.
+* :meth:`Task.example` — one unit as an :class:`Example` (pixels, prompt, targets), augmented when
+  training with the generator it is given (so the same generator gives the same example).
+* :meth:`Task.collate` — a list of examples → the processor's ``BatchFeature`` with targets.
+* :meth:`Task.predict` — generate and post-process a batch.
+* :meth:`Task.score` — predictions vs. the examples' references → ``{metric: value}``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass
+class Example:
+    """One processor-ready unit. Geometry is in absolute pixels of ``image``.
+
+    Attributes:
+        image: the (possibly augmented) RGB image, ``PIL.Image``.
+        text: the text prompt (referring expression), or ``None``.
+        box: a prompt box ``(4,)`` xyxy, or ``None``.
+        point: a prompt point ``(2,)`` xy, or ``None``.
+        target: the processor target dict of this task (see docs/ARCHITECTURE.md), or ``None``.
+        reference: ground truth kept for scoring (pixels of ``image``).
+        image_id: the source row's id.
+    """
+
+    image: Any
+    text: str | None = None
+    box: Sequence[float] | None = None
+    point: Sequence[float] | None = None
+    target: dict[str, Any] | None = None
+    reference: dict[str, Any] = field(default_factory=dict)
+    image_id: str = ""
+
+
+class Task(ABC):
+    """Base class of every pixtok task.
+
+    Args:
+        augment: an augmentation callable applied in training (see :mod:`pixtok.data.augment`),
+            or ``None``.
+        **options: task options from the recipe file (kept in ``self.options``).
+    """
+
+    name: ClassVar[str]
+    """The ``task=`` string the processor and the model understand."""
+
+    main_metric: ClassVar[str]
+    """The metric a recipe reports first (e.g. ``AP``, ``CIDEr``)."""
+
+    def __init__(self, augment: Any = None, **options: Any) -> None:
+        self.augment = augment
+        self.options = options
+
+    # --- data ------------------------------------------------------------------------------------
+    def items(self, dataset: Any) -> list[tuple[int, int]]:
+        """Units of ``dataset``: by default one per row."""
+        return [(i, 0) for i in range(len(dataset))]
+
+    @abstractmethod
+    def example(self, row: dict[str, Any], sub_index: int, rng: np.random.Generator | None) -> Example:
+        """Build one example; ``rng`` is ``None`` at evaluation (no augmentation, fixed choices)."""
+
+    def collate(self, examples: Sequence[Example], processor: Any, with_targets: bool = True) -> Any:
+        """Examples → the processor's batch (inputs, and targets when ``with_targets``)."""
+        kwargs: dict[str, Any] = {}
+        if any(e.text is not None for e in examples):
+            kwargs["text"] = [e.text or "" for e in examples]
+        if any(e.box is not None for e in examples):
+            kwargs["boxes"] = [e.box for e in examples]
+        if any(e.point is not None for e in examples):
+            kwargs["points"] = [e.point for e in examples]
+        if with_targets:
+            kwargs["targets"] = [e.target for e in examples]
+        return processor(images=[e.image for e in examples], task=self.name, return_tensors="pt", **kwargs)
+
+    # --- inference and scoring -------------------------------------------------------------------
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Extra ``generate`` arguments of this task (decoding defaults live in the model)."""
+        return {}
+
+    def predict(
+        self, model: Any, processor: Any, examples: Sequence[Example], max_new_tokens: int = 64
+    ) -> list[dict]:
+        """Generate for ``examples`` and post-process into this task's output format."""
+        import torch
+
+        batch = self.collate(examples, processor, with_targets=False).to(model.device)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, **self.generation_kwargs())
+        sizes = [(e.image.height, e.image.width) for e in examples]
+        return self.post_process(processor, out, sizes)
+
+    @abstractmethod
+    def post_process(self, processor: Any, outputs: Any, target_sizes: list[tuple[int, int]]) -> list[dict]:
+        """The processor's ``post_process_*`` of this task."""
+
+    def draw(self, examples: Sequence[Example], predictions: Sequence[dict], path: Any) -> bool:
+        """Save a PNG of ``predictions`` drawn on ``examples``; ``False`` when there is no picture."""
+        return False
+
+    @abstractmethod
+    def score(self, predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
+        """Metrics of ``predictions`` against ``examples[i].reference``."""
+
+
+__all__ = ["Example", "Task"]

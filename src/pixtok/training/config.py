@@ -1,0 +1,225 @@
+"""Recipe configuration: one YAML file per job, command-line flags only override.
+
+A recipe file has four sections — ``model``, ``data``, ``tasks`` and ``train`` — each a plain
+mapping validated here *before* anything heavy happens, so a typo (``lerning_rate``) or a missing
+data path fails in the first second with a message naming the key, not an hour into a run.
+
+Example::
+
+    model:
+      preset: tiny            # tiny | base | large | pixelllm-xl
+      overrides: {}           # PixtokConfig fields
+      backbones: {}           # sam: / eva02: / t5: hub ids or paths (real initialisation)
+    data:
+      source: synthetic       # any pixtok.data.load source
+      paths: {}               # annotations= / images= / … for real sources
+      synthetic: {num_images: 160, image_size: 128, seed: 0}
+    tasks:
+      caption: {weight: 1.0}
+    train:
+      max_steps: 300
+      batch_size: 8
+      learning_rate: 1.0e-3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe configuration is invalid; the message names the offending key."""
+
+
+@dataclass
+class ModelSection:
+    """Which model to build.
+
+    Attributes:
+        preset: a ``PixtokConfig.from_preset`` name, or a path to a saved pixtok model folder.
+        overrides: ``PixtokConfig`` fields to override (e.g. ``{"lora_r": 16}``).
+        backbones: real pretrained parts for ``from_pretrained_backbones``: ``sam``, ``eva02``, ``t5``.
+    """
+
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    backbones: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    """Where examples come from.
+
+    Attributes:
+        source: a ``pixtok.data.load`` source name (``synthetic`` generates into ``cache_dir``).
+        paths: keyword paths for the loader (``annotations``, ``images``, ``refs``, …).
+        val_paths: the same for the validation split (synthetic: its fixed ``val`` split).
+        synthetic: options of the synthetic benchmark writer (``num_images``, ``image_size``, ``seed``).
+        cache_dir: where the synthetic benchmark is written (default ``~/.cache/pixtok``).
+        num_val: how many validation examples evaluation uses.
+    """
+
+    source: str = "synthetic"
+    paths: dict[str, str] = field(default_factory=dict)
+    val_paths: dict[str, str] = field(default_factory=dict)
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None
+    num_val: int = 16
+
+
+@dataclass
+class TrainSection:
+    """Optimisation and bookkeeping (Pix2Seq / PixelLLM defaults where the papers give them).
+
+    Attributes:
+        max_steps: optimizer steps.
+        batch_size: examples per device per micro-batch.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        learning_rate: peak learning rate (cosine decay after ``warmup_steps``).
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas (Pix2Seq uses β2 = 0.95).
+        warmup_steps: linear warm-up steps.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        max_grad_norm: gradient clipping (0 disables).
+        mixed_precision: ``no`` | ``fp16`` | ``bf16`` (accelerate).
+        seed: seeds model init, data order and augmentation.
+        save_every: checkpoint (``save_state``) every N steps; 0 = only at the end.
+        eval_every: evaluate every N steps; 0 = only at the end.
+        log_every: log training losses every N steps.
+        num_workers: dataloader worker processes.
+        augment: apply image augmentation (large-scale jitter, crop, flip, colour) in training.
+        image_size: the training image size of the augmentation (Pix2Seq: 640).
+        output_dir: where the model, metrics, pictures and checkpoints go.
+        keep_checkpoints: how many ``checkpoint-*`` folders to keep.
+        max_new_tokens: decoding budget at evaluation.
+        gradient_checkpointing: trade compute for memory in the T5.
+    """
+
+    max_steps: int = 300
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    seed: int = 0
+    save_every: int = 0
+    eval_every: int = 0
+    log_every: int = 10
+    num_workers: int = 0
+    augment: bool = True
+    image_size: int | None = None
+    output_dir: str = "outputs/run"
+    keep_checkpoints: int = 2
+    max_new_tokens: int = 64
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class RecipeConfig:
+    """A whole recipe: model, data, tasks (name → options with a sampling ``weight``) and train."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=lambda: {"caption": {"weight": 1.0}})
+    train: TrainSection = field(default_factory=TrainSection)
+    resume_from: str | None = None
+    push_to_hub: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"model": ModelSection, "data": DataSection, "train": TrainSection}
+
+
+def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{name}: expected true/false, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
+            value = type(default)(value) if isinstance(default, float) else value
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
+    """Validate a parsed YAML mapping into a :class:`RecipeConfig` (raises :class:`ConfigError`)."""
+    raw = dict(raw or {})
+    allowed = {"model", "data", "tasks", "train", "resume_from", "push_to_hub"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown top-level key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
+        )
+    sections = {name: _build_section(cls, raw.get(name, {}) or {}, name) for name, cls in _SECTIONS.items()}
+    tasks = raw.get("tasks", {"caption": {"weight": 1.0}})
+    if not isinstance(tasks, dict) or not tasks:
+        raise ConfigError("tasks: expected a non-empty mapping of task name -> options")
+    tasks = {name: dict(opts or {}) for name, opts in tasks.items()}
+    return RecipeConfig(
+        tasks=tasks, resume_from=raw.get("resume_from"), push_to_hub=raw.get("push_to_hub"), **sections
+    )
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> RecipeConfig:
+    """Read a recipe YAML (or start from defaults) and apply dotted overrides.
+
+    Args:
+        path: the YAML file, or ``None`` for the built-in defaults.
+        overrides: ``{"train.max_steps": 5, "resume_from": "…"}`` — dotted keys into the file.
+
+    Raises:
+        ConfigError: the file is missing, or a key or value is invalid.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return config_from_dict(raw)
+
+
+__all__ = [
+    "ConfigError",
+    "DataSection",
+    "ModelSection",
+    "RecipeConfig",
+    "TrainSection",
+    "config_from_dict",
+    "load_config",
+]

@@ -1,0 +1,148 @@
+"""The shared loop on a deliberately small stand-in model: exact resume, NaN skipping, atomic checkpoints.
+
+The real tiny pixtok model runs through the same loop in tests/training/test_recipes.py; here the
+model is a two-parameter regression so the guarantees are checked in a second.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixtok.tasks.base import Example, Task
+from pixtok.training.checkpoint import list_checkpoints
+from pixtok.training.config import load_config
+from pixtok.training.loop import TaskData, train
+
+
+@dataclass
+class Out:
+    loss: torch.Tensor
+    lm_loss: torch.Tensor | None = None
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class Batch(dict):
+    def to(self, device):
+        return Batch({k: v.to(device) for k, v in self.items()})
+
+
+class LineModel(torch.nn.Module):
+    """y = a x + b with noise injected by dropout, so RNG state matters for exact resume."""
+
+    def __init__(self, nan_at: set[int] | None = None, crash_at: int | None = None):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros(()))
+        self.b = torch.nn.Parameter(torch.zeros(()))
+        self.drop = torch.nn.Dropout(0.5)
+        self.nan_at = nan_at or set()
+        self.crash_at = crash_at
+        self.calls = 0
+
+    @property
+    def device(self):
+        return self.a.device
+
+    def forward(self, x, y):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise Killed(f"killed at forward call {self.calls}")
+        pred = self.a * self.drop(x) + self.b
+        loss = ((pred - y) ** 2).mean()
+        if self.calls in self.nan_at:
+            loss = loss * float("nan")
+        return Out(loss=loss, lm_loss=loss.detach())
+
+    def generate(self, x, y, **_):
+        return self.a * x + self.b
+
+    def save_pretrained(self, path):
+        torch.save(self.state_dict(), Path(path) / "line.pt")
+
+
+class LineProcessor:
+    def __call__(self, images, task, targets=None, return_tensors="pt", **_):
+        xs = torch.tensor([float(i) for i in images])
+        return Batch(x=xs, y=3 * xs + 1)
+
+    def save_pretrained(self, path):
+        (Path(path) / "processor.json").write_text("{}")
+
+
+class LineTask(Task):
+    name = "line"
+    main_metric = "mse"
+
+    def example(self, row, sub_index, rng):
+        x = row["x"] + (rng.normal() * 0.1 if rng is not None else 0.0)
+        return Example(image=x, reference={"y": 3 * x + 1})
+
+    def predict(self, model, processor, examples, max_new_tokens=0):
+        batch = self.collate(examples, processor, with_targets=False)
+        return [{"y": float(v)} for v in model.generate(**batch)]
+
+    def post_process(self, processor, outputs, target_sizes):
+        return outputs
+
+    def score(self, predictions, examples):
+        return {
+            "mse": float(np.mean([(p["y"] - e.reference["y"]) ** 2 for p, e in zip(predictions, examples)]))
+        }
+
+
+def _run(tmp_path, name, max_steps, resume=None, nan_at=None, save_every=3, crash_at=None):
+    recipe = load_config(
+        None,
+        {
+            "train.max_steps": max_steps,
+            "train.batch_size": 4,
+            "train.learning_rate": 0.05,
+            "train.warmup_steps": 2,
+            "train.save_every": save_every,
+            "train.output_dir": str(tmp_path / name),
+            "train.log_every": 1,
+            "data.num_val": 4,
+            "resume_from": resume,
+        },
+    )
+    rows = [{"x": float(i) / 10} for i in range(10)]
+    torch.manual_seed(0)
+    model = LineModel(nan_at, crash_at)
+    result = train(recipe, model, LineProcessor(), [TaskData(LineTask(), 1.0, rows, rows)])
+    return model, result
+
+
+def test_resume_continues_exactly(tmp_path):
+    full, _ = _run(tmp_path, "full", 8, save_every=2)
+    with pytest.raises(Killed):  # the run dies during step 6, after checkpoint-4 was written
+        _run(tmp_path, "half", 8, save_every=2, crash_at=6)
+    half_dir = tmp_path / "half"
+    assert [p.name for p in list_checkpoints(half_dir)] == ["checkpoint-2", "checkpoint-4"]
+    resumed, result = _run(tmp_path, "half", 8, resume=str(half_dir), save_every=2)
+    assert result["step"] == 8
+    for name, p in full.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[name]), name
+    # and the run really moved the weights
+    assert float(full.a.detach()) != 0.0
+
+
+def test_nan_loss_skips_step_and_is_counted(tmp_path):
+    model, result = _run(tmp_path, "nan", 5, nan_at={3})
+    assert result["nan_skipped_steps"] == 1
+    assert torch.isfinite(model.a) and torch.isfinite(model.b)
+    metrics = json.loads((tmp_path / "nan" / "metrics.json").read_text())
+    assert metrics["nan_skipped_steps"] == 1 and "mse" in metrics["val"]["line"]
+
+
+def test_interrupted_save_leaves_no_checkpoint(tmp_path):
+    run = tmp_path / "run" / "checkpoints"
+    (run / "checkpoint-7.tmp").mkdir(parents=True)
+    assert list_checkpoints(tmp_path / "run") == []
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        _run(tmp_path, "x", 2, resume=str(tmp_path / "run"))
