@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+
+from pixtok.training.config import ConfigError, load_config
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_config_validates(path):
+    recipe = load_config(path)
+    assert recipe.tasks and recipe.train.max_steps > 0
+
+
+def test_unknown_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="lerning_rate"):
+        load_config(bad)
+
+
+def test_unknown_section_and_bad_types(tmp_path):
+    with pytest.raises(ConfigError, match="trian"):
+        load_config(None, {"trian.max_steps": 3})
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(None, {"train.max_steps": "many"})
+    with pytest.raises(ConfigError, match="true/false"):
+        load_config(None, {"train.augment": "yes please"})
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/recipe.yaml")
+
+
+def test_overrides_apply_and_xl_recipe_matches_paper():
+    recipe = load_config(RECIPES / "localized_narratives_xl.yaml", {"train.max_steps": 7})
+    assert recipe.train.max_steps == 7
+    assert recipe.model.preset == "pixelllm-xl"
+    t = recipe.train
+    assert t.batch_size * t.gradient_accumulation_steps == 128
+    assert t.learning_rate == 1e-4 and t.warmup_steps == 250
