@@ -1,0 +1,140 @@
+"""The EVA02 image tower: timm's ``Eva`` as a patch-feature extractor, and its weight loader.
+
+The network is ``timm.models.eva.Eva`` built (never downloaded) from :class:`PixtokEva02Config`'s
+keyword arguments with ``num_classes=0``; its parameters keep timm's names under the prefix ``eva.``,
+so a timm EVA02 checkpoint loads 1:1. The tower returns the patch tokens of the last block after the
+checkpoint's final LayerNorm (``norm``, or ``fc_norm`` for the average-pooled classification
+checkpoints — LayerNorm acts per token, so applying it to every patch token is well defined), laid
+out as a feature map; class/register tokens are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from timm.models.eva import Eva
+from torch import Tensor, nn
+
+from .configuration_towers import PixtokEva02Config
+from .sam import _check_pixels, _module_dtype
+
+_HEAD_KEYS = ("head.weight", "head.bias")
+
+
+class Eva02Encoder(nn.Module):
+    """EVA02 ViT giving patch features on its own grid.
+
+    Gradient checkpointing: the ``gradient_checkpointing`` attribute forwards to timm's
+    ``set_grad_checkpointing``, so an enclosing ``PreTrainedModel.gradient_checkpointing_enable()``
+    reaches it.
+
+    Args:
+        config: the EVA02 config (``img_size`` E, ``patch_size`` p, ``embed_dim`` D).
+    """
+
+    def __init__(self, config: PixtokEva02Config) -> None:
+        super().__init__()
+        self.config = config
+        self.eva = Eva(**config.timm_kwargs())
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the timm blocks recompute activations in the backward pass."""
+        return bool(self.eva.grad_checkpointing)
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enable: bool) -> None:
+        self.eva.set_grad_checkpointing(bool(enable))
+
+    @property
+    def image_size(self) -> int:
+        """Side E of the square input, pixels."""
+        return int(self.config.img_size)
+
+    @property
+    def grid_size(self) -> int:
+        """Side E / p of the output feature map."""
+        return self.config.grid_size
+
+    @property
+    def output_channels(self) -> int:
+        """Channels D of the output feature map."""
+        return int(self.config.embed_dim)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """Encode images.
+
+        Args:
+            pixel_values: (B, 3, E, E) float, CLIP-normalized, long side resized to E and padded
+                bottom/right. Cast to the encoder's dtype.
+
+        Returns:
+            (B, D, E/p, E/p) patch features (row-major grid, row = y).
+        """
+        _check_pixels(pixel_values, int(self.config.num_channels), self.image_size, "EVA02 eva_pixel_values")
+        tokens = self.eva.forward_features(pixel_values.to(_module_dtype(self)))
+        tokens = self.eva.fc_norm(tokens[:, self.eva.num_prefix_tokens :])  # Identity unless avg-pool layout
+        batch, _, channels = tokens.shape
+        g = self.grid_size
+        return tokens.transpose(1, 2).reshape(batch, channels, g, g)
+
+
+def _read_state_dict_file(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"{path} holds a {type(state_dict).__name__}, expected a state dict (a mapping of tensors)"
+        )
+    for wrapper in ("state_dict", "model", "module"):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], Mapping):
+            state_dict = state_dict[wrapper]
+            break
+    return dict(state_dict)
+
+
+def load_timm_eva02(
+    name_or_path: str | Path, *, pretrained_file: str | Path | None = None
+) -> dict[str, Tensor]:
+    """Read EVA02 weights for :class:`Eva02Encoder`.
+
+    Args:
+        name_or_path: a local ``.safetensors``/``.pth``/``.pt``/``.bin`` file in timm's key layout
+            (read with ``weights_only=True``; a ``state_dict``/``model``/``module`` wrapper is
+            unwrapped), or a timm model name such as ``"eva02_large_patch14_448.mim_m38m_ft_in22k_in1k"``,
+            whose pretrained weights timm itself fetches and filters.
+        pretrained_file: with a timm name, load the pretrained weights from this local file instead of
+            the Hub (timm's ``pretrained_cfg_overlay={"file": ...}``).
+
+    Returns:
+        A state dict with keys ``eva.*`` (timm's names; the classifier ``head`` is dropped).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        state_dict = _read_state_dict_file(path)
+    elif path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        raise FileNotFoundError(f"EVA02 checkpoint not found: {path}")
+    else:
+        import timm
+
+        overlay = {"file": str(pretrained_file)} if pretrained_file is not None else None
+        try:
+            model = timm.create_model(
+                str(name_or_path), pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay
+            )
+        except RuntimeError as error:
+            if "Unknown model" in str(error):
+                raise ValueError(
+                    f"{name_or_path!r} is neither an existing file nor a timm model name"
+                ) from error
+            raise
+        state_dict = model.state_dict()
+    return {f"eva.{key}": tensor for key, tensor in state_dict.items() if key not in _HEAD_KEYS}
+
+
+__all__ = ["Eva02Encoder", "load_timm_eva02"]

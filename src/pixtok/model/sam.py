@@ -1,0 +1,647 @@
+"""The SAM parts of pixtok: image encoder, prompt encoder, mask decoder, and their weight loaders.
+
+Each part wraps transformers' own SAM module (``transformers.models.sam.modeling_sam``) and keeps its
+parameter names, so that a transformers SAM checkpoint loads 1:1 under the prefixes
+``vision_encoder.``, ``prompt_encoder.`` and ``mask_decoder.``. What the wrappers add is pixtok's
+interface: prompts arrive as points normalized to the padded square model input (see
+``docs/ARCHITECTURE.md``, "Geometry"), one prompt per image, one mask per prompt.
+
+The random-frequency positional encoding is one module, owned by the prompt encoder
+(``prompt_encoder.shared_embedding``), used both for prompt points and for the dense image
+positional encoding (:meth:`SamPromptEncoder.image_pe`) — the wiring of transformers' ``SamModel``
+(whose ``shared_image_embedding`` is tied to that same tensor) and of segment-anything's
+``PromptEncoder.pe_layer``.
+
+Loaders read an official segment-anything ``.pth`` (``torch.load(weights_only=True)``), a
+transformers SAM checkpoint (hub id or folder, safetensors), or a file written by
+:func:`convert_segment_anything_checkpoint`, and return one state dict per part::
+
+    {"image_encoder": {...}, "prompt_encoder": {...}, "mask_decoder": {...}}
+
+:func:`load_state_dict_checked` loads such a dict into a module and names every missing,
+unexpected or mis-shaped key when they do not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import SamConfig
+from transformers.models.sam.modeling_sam import SamMaskDecoder as _HFSamMaskDecoder
+from transformers.models.sam.modeling_sam import SamPromptEncoder as _HFSamPromptEncoder
+from transformers.models.sam.modeling_sam import SamVisionEncoder
+
+from .configuration_towers import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+
+SAM_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
+"""Names of the three SAM parts, in the order of every loader's output dict."""
+
+PROMPT_LABELS: dict[str, int] = {
+    "padding": -1,
+    "background": 0,
+    "foreground": 1,
+    "box_top_left": 2,
+    "box_bottom_right": 3,
+}
+"""Meaning of each value of ``prompt_labels`` (segment-anything's convention, boxes as two corners)."""
+
+_CONVERTED_FILENAME = "sam_towers.safetensors"
+
+
+def _check_pixels(pixel_values: Tensor, num_channels: int, size: int, what: str) -> None:
+    """Raise a ValueError naming the expected ``(B, num_channels, size, size)`` floating tensor."""
+    expected = f"{what} of shape (batch, {num_channels}, {size}, {size}) and a floating dtype"
+    if not isinstance(pixel_values, Tensor):
+        raise ValueError(f"expected {expected}, got {type(pixel_values).__name__}")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"expected {expected}, got a {pixel_values.ndim}-d tensor of shape {tuple(pixel_values.shape)}"
+        )
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"expected {expected}, got {pixel_values.shape[1]} channels (shape {tuple(pixel_values.shape)})"
+        )
+    if tuple(pixel_values.shape[2:]) != (size, size):
+        raise ValueError(
+            f"expected {expected}, got spatial size {tuple(pixel_values.shape[2:])}; the processor resizes the "
+            f"long side to {size} and pads to a square"
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"expected {expected}, got dtype {pixel_values.dtype}")
+
+
+def _module_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+class SamImageEncoder(nn.Module):
+    """SAM's ViT image encoder with its neck (transformers' ``SamVisionEncoder``).
+
+    Attention follows ``config._attn_implementation`` (``"sdpa"`` when unset, or ``"eager"``).
+    Gradient checkpointing is switched by the enclosing ``PreTrainedModel``
+    (``gradient_checkpointing_enable``) or by ``self.vision_encoder.gradient_checkpointing_enable()``.
+
+    Args:
+        config: the SAM vision config (``image_size`` S, ``patch_size`` p, ``output_channels`` C).
+    """
+
+    def __init__(self, config: SamVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_encoder = SamVisionEncoder(config)
+
+    @property
+    def image_size(self) -> int:
+        """Side S of the square input, pixels."""
+        return int(self.config.image_size)
+
+    @property
+    def grid_size(self) -> int:
+        """Side g = S / p of the output feature map."""
+        return int(self.config.image_size) // int(self.config.patch_size)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels C of the output feature map (the neck's width)."""
+        return int(self.config.output_channels)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """Encode images.
+
+        Args:
+            pixel_values: (B, 3, S, S) float, SAM-normalized, long side resized to S and padded
+                bottom/right. Cast to the encoder's dtype.
+
+        Returns:
+            (B, C, S/p, S/p) image embeddings (the SAM neck output).
+        """
+        _check_pixels(pixel_values, int(self.config.num_channels), self.image_size, "SAM pixel_values")
+        pixel_values = pixel_values.to(_module_dtype(self))
+        return self.vision_encoder(pixel_values).last_hidden_state
+
+
+class SamPromptEncoder(nn.Module):
+    """SAM's prompt encoder for one point/box prompt per image (transformers' ``SamPromptEncoder``).
+
+    Owns the random-frequency positional encoding shared by prompt points and the image grid.
+
+    Args:
+        prompt_config: the SAM prompt encoder config (``hidden_size`` C, ``image_size`` S).
+        vision_config: the SAM vision config; its ``num_pos_feats`` must be C / 2 and its
+            ``image_size``/``patch_size`` must equal the prompt config's.
+    """
+
+    def __init__(self, prompt_config: SamPromptEncoderConfig, vision_config: SamVisionConfig) -> None:
+        super().__init__()
+        if int(prompt_config.image_size) != int(vision_config.image_size) or int(
+            prompt_config.patch_size
+        ) != int(vision_config.patch_size):
+            raise ValueError(
+                f"SAM prompt encoder image_size/patch_size ({prompt_config.image_size}/{prompt_config.patch_size}) "
+                f"must equal the vision config's ({vision_config.image_size}/{vision_config.patch_size})"
+            )
+        if 2 * int(vision_config.num_pos_feats) != int(prompt_config.hidden_size):
+            raise ValueError(
+                f"SAM vision num_pos_feats ({vision_config.num_pos_feats}) must be half the prompt encoder "
+                f"hidden_size ({prompt_config.hidden_size})"
+            )
+        if int(vision_config.output_channels) != int(prompt_config.hidden_size):
+            raise ValueError(
+                f"SAM vision output_channels ({vision_config.output_channels}) must equal the prompt encoder "
+                f"hidden_size ({prompt_config.hidden_size})"
+            )
+        self.prompt_config = prompt_config
+        self.vision_config = vision_config
+        sam_config = SamConfig(
+            vision_config=vision_config.to_dict(), prompt_encoder_config=prompt_config.to_dict()
+        )
+        self.prompt_encoder = _HFSamPromptEncoder(sam_config)
+
+    @property
+    def image_size(self) -> int:
+        """Side S of the SAM input frame, pixels."""
+        return int(self.prompt_config.image_size)
+
+    @property
+    def grid_size(self) -> int:
+        """Side g of the image embedding grid."""
+        return int(self.prompt_config.image_size) // int(self.prompt_config.patch_size)
+
+    @property
+    def hidden_size(self) -> int:
+        """Embedding width C."""
+        return int(self.prompt_config.hidden_size)
+
+    def forward(self, coords: Tensor, labels: Tensor, masks: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Embed one prompt per image.
+
+        Args:
+            coords: (B, N, 2) float, xy normalized to the padded square input, in [0, 1].
+            labels: (B, N) long, per point: 1 foreground, 0 background, 2 box top-left corner,
+                3 box bottom-right corner, -1 padding (ignored point). A box is two entries (2, 3);
+                a point is conventionally padded with one -1 entry, as segment-anything does.
+            masks: optional (B, 1, 4g, 4g) float mask logits to embed densely; `None` uses the
+                learned "no mask" embedding.
+
+        Returns:
+            sparse: (B, N, C) prompt embeddings.
+            dense: (B, C, g, g) dense prompt embeddings.
+        """
+        if not isinstance(coords, Tensor) or coords.ndim != 3 or coords.shape[-1] != 2:
+            got = tuple(coords.shape) if isinstance(coords, Tensor) else type(coords).__name__
+            raise ValueError(f"prompt coords must have shape (batch, num_points, 2) xy, got {got}")
+        if not coords.is_floating_point():
+            raise ValueError(
+                f"prompt coords must be floating point (normalized to [0, 1]), got {coords.dtype}"
+            )
+        if not isinstance(labels, Tensor) or tuple(labels.shape) != tuple(coords.shape[:2]):
+            got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(
+                f"prompt labels must have shape {tuple(coords.shape[:2])} (batch, num_points), got {got}"
+            )
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"prompt labels must be an integer tensor, got {labels.dtype}")
+        if labels.numel() and (labels.min() < -1 or labels.max() > 3):
+            raise ValueError(
+                f"prompt labels must be in {{-1, 0, 1, 2, 3}} ({PROMPT_LABELS}), got {labels.unique().tolist()}"
+            )
+        encoder = self.prompt_encoder
+        batch = coords.shape[0]
+        # SAM embeds pixel coordinates of the S x S input, shifted to pixel centres, divided by S.
+        pixels = coords.to(encoder.shared_embedding.positional_embedding.dtype) * self.image_size + 0.5
+        position = encoder.shared_embedding(pixels[:, None], (self.image_size, self.image_size))[:, 0]
+        kinds = torch.cat([embedding.weight for embedding in encoder.point_embed], dim=0)  # (4, C)
+        labels = labels.long()
+        sparse = position + kinds[labels.clamp(min=0)]
+        sparse = torch.where(
+            (labels == -1)[..., None], encoder.not_a_point_embed.weight.to(sparse.dtype), sparse
+        )
+        if masks is not None:
+            expected = (batch, 1, 4 * self.grid_size, 4 * self.grid_size)
+            if tuple(masks.shape) != expected:
+                raise ValueError(f"prompt masks must have shape {expected}, got {tuple(masks.shape)}")
+            dense = encoder.mask_embed(masks.to(sparse.dtype))
+        else:
+            dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+                batch, -1, self.grid_size, self.grid_size
+            )
+        return sparse, dense
+
+    def image_pe(self) -> Tensor:
+        """Dense positional encoding of the image embedding grid.
+
+        Returns:
+            (1, C, g, g): the shared encoding evaluated at the centre of every grid cell.
+        """
+        table = self.prompt_encoder.shared_embedding.positional_embedding
+        g = self.grid_size
+        centres = (torch.arange(g, device=table.device, dtype=table.dtype) + 0.5) / g
+        y, x = torch.meshgrid(centres, centres, indexing="ij")
+        encoding = self.prompt_encoder.shared_embedding(torch.stack([x, y], dim=-1))  # (g, g, C)
+        return encoding.permute(2, 0, 1).unsqueeze(0)
+
+
+class SamMaskDecoder(nn.Module):
+    """SAM's two-way-transformer mask decoder giving one mask per prompt (transformers' ``SamMaskDecoder``).
+
+    Attention follows ``config._attn_implementation``; when unset it is set to ``"sdpa"``.
+
+    Args:
+        config: the SAM mask decoder config (``hidden_size`` C).
+    """
+
+    def __init__(self, config: SamMaskDecoderConfig) -> None:
+        super().__init__()
+        if getattr(config, "_attn_implementation", None) is None:
+            config._attn_implementation = "sdpa"
+        self.config = config
+        self.mask_decoder = _HFSamMaskDecoder(config)
+
+    def forward(
+        self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Predict one mask per image.
+
+        Args:
+            image_embeddings: (B, C, g, g) SAM image embeddings.
+            image_pe: (1, C, g, g) (or (B, C, g, g)) dense positional encoding,
+                :meth:`SamPromptEncoder.image_pe`.
+            sparse: (B, N, C) sparse prompt embeddings.
+            dense: (B, C, g, g) dense prompt embeddings.
+
+        Returns:
+            mask_logits: (B, 1, 4g, 4g) mask logits over the padded square input (4g = S / 4 for p = 16).
+            iou: (B, 1) predicted IoU of the mask.
+        """
+        if image_embeddings.ndim != 4 or image_embeddings.shape[1] != self.config.hidden_size:
+            raise ValueError(
+                f"image_embeddings must have shape (batch, {self.config.hidden_size}, g, g), "
+                f"got {tuple(image_embeddings.shape)}"
+            )
+        batch, channels, height, width = image_embeddings.shape
+        if sparse.ndim != 3 or sparse.shape[0] != batch or sparse.shape[2] != channels:
+            raise ValueError(
+                f"sparse must have shape ({batch}, num_points, {channels}), got {tuple(sparse.shape)}"
+            )
+        if tuple(dense.shape) != tuple(image_embeddings.shape):
+            raise ValueError(
+                f"dense must have shape {tuple(image_embeddings.shape)}, got {tuple(dense.shape)}"
+            )
+        if (
+            image_pe.ndim != 4
+            or image_pe.shape[0] not in (1, batch)
+            or tuple(image_pe.shape[1:])
+            != (
+                channels,
+                height,
+                width,
+            )
+        ):
+            raise ValueError(
+                f"image_pe must have shape (1, {channels}, {height}, {width}), got {tuple(image_pe.shape)}"
+            )
+        dtype = _module_dtype(self)
+        masks, iou = self.mask_decoder(
+            image_embeddings=image_embeddings.to(dtype),
+            image_positional_embeddings=image_pe.to(dtype).expand(batch, -1, -1, -1),
+            sparse_prompt_embeddings=sparse.to(dtype)[:, None],
+            dense_prompt_embeddings=dense.to(dtype),
+            multimask_output=False,
+        )
+        return masks[:, 0], iou[:, 0]
+
+
+# --- weight loading ------------------------------------------------------------------------------
+
+
+def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``module`` exactly, or raise a ValueError naming every mismatch.
+
+    Args:
+        module: the module to fill (its own keys, no prefix).
+        state_dict: tensors by key.
+        source: a short description of where the weights came from, for the message.
+
+    Raises:
+        ValueError: listing missing keys, unexpected keys and shape mismatches (expected vs got).
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{key}: expected {tuple(own[key].shape)}, got {tuple(state_dict[key].shape)}"
+        for key in sorted(set(own) & set(state_dict))
+        if tuple(own[key].shape) != tuple(state_dict[key].shape)
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {source} does not match {type(module).__name__}:"]
+
+        def listing(title: str, items: list[str]) -> None:
+            if items:
+                shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
+
+        listing("missing keys", missing)
+        listing("unexpected keys", unexpected)
+        listing("shape mismatches", shapes)
+        raise ValueError("\n".join(lines))
+    module.load_state_dict(dict(state_dict), strict=True)
+
+
+# segment-anything name -> transformers name, applied after stripping the part prefix. Each rule is a
+# regular expression on the whole key; groups are reused by number.
+_IMAGE_ENCODER_RULES: tuple[tuple[str, str], ...] = (
+    (r"patch_embed\.proj\.(weight|bias)", r"patch_embed.projection.\1"),
+    (r"pos_embed", r"pos_embed"),
+    (r"blocks\.(\d+)\.norm([12])\.(weight|bias)", r"layers.\1.layer_norm\2.\3"),
+    (r"blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"layers.\1.attn.\2.\3"),
+    (r"blocks\.(\d+)\.attn\.(rel_pos_[hw])", r"layers.\1.attn.\2"),
+    (r"blocks\.(\d+)\.mlp\.(lin[12])\.(weight|bias)", r"layers.\1.mlp.\2.\3"),
+    (r"neck\.0\.weight", r"neck.conv1.weight"),
+    (r"neck\.1\.(weight|bias)", r"neck.layer_norm1.\1"),
+    (r"neck\.2\.weight", r"neck.conv2.weight"),
+    (r"neck\.3\.(weight|bias)", r"neck.layer_norm2.\1"),
+)
+_PROMPT_ENCODER_RULES: tuple[tuple[str, str], ...] = (
+    (r"pe_layer\.positional_encoding_gaussian_matrix", r"shared_embedding.positional_embedding"),
+    (r"point_embeddings\.(\d+)\.weight", r"point_embed.\1.weight"),
+    (r"(not_a_point_embed|no_mask_embed)\.weight", r"\1.weight"),
+    (r"mask_downscaling\.0\.(weight|bias)", r"mask_embed.conv1.\1"),
+    (r"mask_downscaling\.1\.(weight|bias)", r"mask_embed.layer_norm1.\1"),
+    (r"mask_downscaling\.3\.(weight|bias)", r"mask_embed.conv2.\1"),
+    (r"mask_downscaling\.4\.(weight|bias)", r"mask_embed.layer_norm2.\1"),
+    (r"mask_downscaling\.6\.(weight|bias)", r"mask_embed.conv3.\1"),
+)
+_MASK_DECODER_RULES: tuple[tuple[str, str], ...] = (
+    (r"(iou_token|mask_tokens)\.weight", r"\1.weight"),
+    (
+        r"transformer\.layers\.(\d+)\.(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)"
+        r"\.(q_proj|k_proj|v_proj|out_proj)\.(weight|bias)",
+        r"transformer.layers.\1.\2.\3.\4",
+    ),
+    (r"transformer\.layers\.(\d+)\.norm([1-4])\.(weight|bias)", r"transformer.layers.\1.layer_norm\2.\3"),
+    (r"transformer\.layers\.(\d+)\.mlp\.(lin[12])\.(weight|bias)", r"transformer.layers.\1.mlp.\2.\3"),
+    (
+        r"transformer\.final_attn_token_to_image\.(q_proj|k_proj|v_proj|out_proj)\.(weight|bias)",
+        r"transformer.final_attn_token_to_image.\1.\2",
+    ),
+    (r"transformer\.norm_final_attn\.(weight|bias)", r"transformer.layer_norm_final_attn.\1"),
+    (r"output_upscaling\.0\.(weight|bias)", r"upscale_conv1.\1"),
+    (r"output_upscaling\.1\.(weight|bias)", r"upscale_layer_norm.\1"),
+    (r"output_upscaling\.3\.(weight|bias)", r"upscale_conv2.\1"),
+    # MLP heads are handled separately (their layer list is split into proj_in / layers / proj_out).
+)
+_MLP_HEAD = re.compile(r"(output_hypernetworks_mlps\.\d+|iou_prediction_head)\.layers\.(\d+)\.(weight|bias)")
+
+
+def _rename(key: str, rules: tuple[tuple[str, str], ...]) -> str | None:
+    for pattern, replacement in rules:
+        match = re.fullmatch(pattern, key)
+        if match:
+            return match.expand(replacement)
+    return None
+
+
+def _convert_mlp_heads(keys: list[str]) -> dict[str, str]:
+    """Map segment-anything's ``MLP.layers.{i}`` onto transformers' ``proj_in``/``layers``/``proj_out``."""
+    depth: dict[str, int] = {}
+    for key in keys:
+        match = _MLP_HEAD.fullmatch(key)
+        if match:
+            depth[match.group(1)] = max(depth.get(match.group(1), 0), int(match.group(2)) + 1)
+    renamed = {}
+    for key in keys:
+        match = _MLP_HEAD.fullmatch(key)
+        if not match:
+            continue
+        head, index, kind = match.group(1), int(match.group(2)), match.group(3)
+        if index == 0:
+            target = "proj_in"
+        elif index == depth[head] - 1:
+            target = "proj_out"
+        else:
+            target = f"layers.{index - 1}"
+        renamed[key] = f"{head}.{target}.{kind}"
+    return renamed
+
+
+def convert_segment_anything_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """Rename an official segment-anything ``Sam`` state dict into pixtok's three SAM parts.
+
+    Args:
+        state_dict: keys ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*`` as in the
+            official checkpoints (``sam_vit_{b,l,h}_*.pth``); ``pixel_mean``/``pixel_std`` buffers
+            are dropped (the processor owns normalization).
+
+    Returns:
+        ``{"image_encoder": ..., "prompt_encoder": ..., "mask_decoder": ...}``, keys as in
+        :class:`SamImageEncoder`, :class:`SamPromptEncoder`, :class:`SamMaskDecoder`.
+
+    Raises:
+        ValueError: when a key cannot be placed, or a part is absent.
+    """
+    rules = {
+        "image_encoder": ("vision_encoder.", _IMAGE_ENCODER_RULES),
+        "prompt_encoder": ("prompt_encoder.", _PROMPT_ENCODER_RULES),
+        "mask_decoder": ("mask_decoder.", _MASK_DECODER_RULES),
+    }
+    out: dict[str, dict[str, Tensor]] = {part: {} for part in SAM_PARTS}
+    decoder_keys = [key[len("mask_decoder.") :] for key in state_dict if key.startswith("mask_decoder.")]
+    mlp_names = _convert_mlp_heads(decoder_keys)
+    unknown = []
+    for key, tensor in state_dict.items():
+        if key in ("pixel_mean", "pixel_std"):
+            continue
+        part, _, rest = key.partition(".")
+        if part not in rules:
+            unknown.append(key)
+            continue
+        prefix, part_rules = rules[part]
+        new = (
+            mlp_names.get(rest) if part == "mask_decoder" and rest in mlp_names else _rename(rest, part_rules)
+        )
+        if new is None:
+            unknown.append(key)
+            continue
+        out[part][prefix + new] = tensor
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (f", ... and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+        raise ValueError(
+            f"not a segment-anything SAM checkpoint: {len(unknown)} unexpected keys ({shown}); expected keys under "
+            "image_encoder., prompt_encoder., mask_decoder."
+        )
+    empty = [part for part in SAM_PARTS if not out[part]]
+    if empty:
+        raise ValueError(f"segment-anything checkpoint has no weights for {', '.join(empty)}")
+    return out
+
+
+def load_segment_anything_checkpoint(path: str | Path) -> dict[str, dict[str, Tensor]]:
+    """Read an official segment-anything checkpoint (``.pth``) into pixtok's three SAM parts.
+
+    Args:
+        path: e.g. ``sam_vit_h_4b8939.pth``. Read with ``torch.load(weights_only=True)``.
+
+    Returns:
+        ``{"image_encoder": ..., "prompt_encoder": ..., "mask_decoder": ...}`` state dicts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"segment-anything checkpoint not found: {path}")
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"{path} holds a {type(state_dict).__name__}, expected a state dict (a mapping of tensors)"
+        )
+    if "model" in state_dict and isinstance(state_dict["model"], Mapping):
+        state_dict = state_dict["model"]
+    return convert_segment_anything_state_dict(state_dict)
+
+
+def _split_transformers_state_dict(
+    state_dict: Mapping[str, Tensor], source: str
+) -> dict[str, dict[str, Tensor]]:
+    """Split a transformers ``SamModel`` state dict into the three parts (names are already ours)."""
+    out: dict[str, dict[str, Tensor]] = {part: {} for part in SAM_PARTS}
+    prefixes = {
+        "vision_encoder.": "image_encoder",
+        "prompt_encoder.": "prompt_encoder",
+        "mask_decoder.": "mask_decoder",
+    }
+    shared = None
+    unknown = []
+    for key, tensor in state_dict.items():
+        if key == "shared_image_embedding.positional_embedding":
+            shared = tensor
+            continue
+        part = next((p for prefix, p in prefixes.items() if key.startswith(prefix)), None)
+        if part is None:
+            unknown.append(key)
+        else:
+            out[part][key] = tensor
+    if unknown:
+        raise ValueError(
+            f"{source} is not a transformers SamModel checkpoint: unexpected keys {', '.join(sorted(unknown)[:20])}"
+        )
+    # SamModel ties prompt_encoder.shared_embedding to shared_image_embedding; files keep one or both.
+    tied = "prompt_encoder.shared_embedding.positional_embedding"
+    if tied not in out["prompt_encoder"] and shared is not None:
+        out["prompt_encoder"][tied] = shared
+    empty = [part for part in SAM_PARTS if not out[part]]
+    if empty:
+        raise ValueError(f"{source} has no weights for {', '.join(empty)}")
+    return out
+
+
+def _read_safetensors_folder(folder: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"no model.safetensors (or sharded index) in {folder}")
+    state_dict: dict[str, Tensor] = {}
+    for name in files:
+        state_dict.update(load_file(str(folder / name), device="cpu"))
+    return state_dict
+
+
+def load_transformers_sam(name_or_path: str | Path) -> dict[str, dict[str, Tensor]]:
+    """Read a transformers SAM checkpoint (``SamModel.save_pretrained`` layout, safetensors).
+
+    Args:
+        name_or_path: a local folder, or a hub id such as ``"facebook/sam-vit-huge"`` (downloaded
+            with ``huggingface_hub``; only ``*.safetensors`` and ``*.json`` files are fetched).
+
+    Returns:
+        ``{"image_encoder": ..., "prompt_encoder": ..., "mask_decoder": ...}`` state dicts.
+    """
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        if folder.exists() or str(name_or_path).endswith((".pth", ".pt", ".bin", ".safetensors")):
+            raise ValueError(f"{name_or_path} is not a transformers SAM folder or hub id")
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(str(name_or_path), allow_patterns=["*.safetensors", "*.json"]))
+    return _split_transformers_state_dict(_read_safetensors_folder(folder), str(name_or_path))
+
+
+def convert_segment_anything_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
+    """Convert an official segment-anything ``.pth`` into one safetensors file of pixtok's SAM parts.
+
+    Args:
+        path: the segment-anything checkpoint.
+        out_dir: folder to write into (created if needed).
+
+    Returns:
+        Path of the written file, ``out_dir/sam_towers.safetensors``; its keys are
+        ``"<part>.<key>"`` for each part in :data:`SAM_PARTS`. Read it back with :func:`load_sam_weights`.
+    """
+    from safetensors.torch import save_file
+
+    parts = load_segment_anything_checkpoint(path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = {
+        f"{part}.{key}": tensor.contiguous()
+        for part, tensors in parts.items()
+        for key, tensor in tensors.items()
+    }
+    target = out / _CONVERTED_FILENAME
+    save_file(flat, str(target), metadata={"format": "pt", "pixtok": "sam_towers", "source": Path(path).name})
+    return target
+
+
+def load_sam_weights(name_or_path: str | Path) -> dict[str, dict[str, Tensor]]:
+    """Read SAM weights from any supported source into pixtok's three SAM parts.
+
+    Args:
+        name_or_path: an official segment-anything ``.pth``; a file (or a folder holding
+            ``sam_towers.safetensors``) written by :func:`convert_segment_anything_checkpoint`; a
+            transformers SAM folder; or a hub id.
+
+    Returns:
+        ``{"image_encoder": ..., "prompt_encoder": ..., "mask_decoder": ...}`` state dicts.
+    """
+    path = Path(name_or_path)
+    if path.is_dir() and (path / _CONVERTED_FILENAME).is_file():
+        path = path / _CONVERTED_FILENAME
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        flat = load_file(str(path), device="cpu")
+        out: dict[str, dict[str, Tensor]] = {part: {} for part in SAM_PARTS}
+        for key, tensor in flat.items():
+            part, _, rest = key.partition(".")
+            if part not in out:
+                raise ValueError(
+                    f"{path} is not a pixtok SAM file: key {key!r} is outside {', '.join(SAM_PARTS)}"
+                )
+            out[part][rest] = tensor
+        return out
+    if path.is_file():
+        return load_segment_anything_checkpoint(path)
+    return load_transformers_sam(name_or_path)
+
+
+__all__ = [
+    "PROMPT_LABELS",
+    "SAM_PARTS",
+    "SamImageEncoder",
+    "SamMaskDecoder",
+    "SamPromptEncoder",
+    "convert_segment_anything_checkpoint",
+    "convert_segment_anything_state_dict",
+    "load_sam_weights",
+    "load_segment_anything_checkpoint",
+    "load_state_dict_checked",
+    "load_transformers_sam",
+]
