@@ -1,0 +1,99 @@
+import math
+
+import pytest
+
+from pixtok.evaluation import captions as C
+
+
+def test_ptb_tokenization_follows_coco_caption():
+    assert C.ptb_tokenize("A man's dog, running.") == ["a", "man", "'s", "dog", "running"]
+    assert C.ptb_tokenize("Two dogs can't play!") == ["two", "dogs", "ca", "n't", "play"]
+    assert C.ptb_tokenize('A well-known "red" car; 1,000 people: 3.5 m.') == [
+        "a", "well-known", "red", "car", "1,000", "people", "3.5", "m",
+    ]  # fmt: skip
+    # punctuation and case never change a score
+    assert C.bleu_scores(["The cat sat on the mat."], [["the cat sat on the mat"]])[3] == pytest.approx(1.0)
+
+
+def test_bleu_hand_computed():
+    # unigrams 5/6, bigrams 3/5, trigrams 1/4, 4-grams 0/3; equal lengths -> no brevity penalty
+    b = C.bleu_scores(["the cat sat on the mat"], [["the cat is on the mat"]])
+    assert b[0] == pytest.approx(5 / 6)
+    assert b[1] == pytest.approx(math.sqrt(5 / 6 * 3 / 5))
+    assert b[2] == pytest.approx((5 / 6 * 3 / 5 * 1 / 4) ** (1 / 3))
+    assert b[3] < 1e-3  # no 4-gram matches: only coco-caption's 1e-15 smoothing is left
+
+
+def test_bleu_brevity_penalty_uses_closest_reference_and_corpus_sums():
+    # 2 tokens vs a 6-token reference: BP = exp(1 - 6/2)
+    assert C.bleu_scores(["the cat"], [["the cat is on the mat"]])[0] == pytest.approx(math.exp(-2))
+    # length 5 is equally close to 3 and 7: the shorter wins, so no penalty
+    assert C.bleu_scores(["a b c d e"], [["a b c", "a b c d e f g"]])[0] == pytest.approx(1.0)
+    # corpus level: (2 + 0) / (2 + 4) matched unigrams, not the mean of per-caption scores
+    b1 = C.bleu_scores(["a b", "c d e f"], [["a b"], ["w x y z"]])[0]
+    assert b1 == pytest.approx(2 / 6)
+
+
+def test_rouge_l_hand_computed():
+    # LCS("the cat sat on the mat", "the cat is on the red mat") = 5; P = 5/6, R = 5/7, beta = 1.2
+    p, r, beta = 5 / 6, 5 / 7, 1.2
+    expected = (1 + beta**2) * p * r / (r + beta**2 * p)
+    assert C.rouge_l(["the cat sat on the mat"], [["the cat is on the red mat"]]) == pytest.approx(expected)
+    # max P and max R are taken over references separately
+    two = C.rouge_l(["a b c d"], [["a b", "a b c d e f g h"]])
+    p2, r2 = max(2 / 4, 4 / 4), max(2 / 2, 4 / 8)
+    assert two == pytest.approx((1 + beta**2) * p2 * r2 / (r2 + beta**2 * p2))
+
+
+def test_cider_d_hand_computed():
+    log2 = math.log(2)
+    assert log2 > 0
+    # df: "a" in both documents (idf 0), "cat", "dog", bigrams in one (idf log 2)
+    # perfect two-word captions: cosine 1 for n = 1, 2; nothing for n = 3, 4 -> 2 / 4 * 10 = 5
+    assert C.cider_d(["a cat", "a dog"], [["a cat"], ["a dog"]]) == pytest.approx(5.0)
+    # "cat cat": unigram weights (2 log2) vs (0, log2): clipped min * ref / norms = 0.5; bigram 0
+    assert C.cider_d(["cat cat", "a dog"], [["a cat"], ["a dog"]]) == pytest.approx((0.5 / 4 * 10 + 5) / 2)
+    # "cat": 0 bigrams vs 1 -> Gaussian length penalty exp(-1 / (2 * 6^2))
+    expected = (1 * math.exp(-1 / 72) / 4 * 10 + 5) / 2
+    assert C.cider_d(["cat", "a dog"], [["a cat"], ["a dog"]]) == pytest.approx(expected)
+    # a single image: every n-gram is in every document -> 0 (a property of CIDEr-D)
+    assert C.cider_d(["a cat"], [["a cat"]]) == 0.0
+
+
+def test_perfect_captions_score_full_marks():
+    cands = ["a red car parked on the street", "two dogs play with a ball in the park"]
+    refs = [[cands[0], "a car on a road"], [cands[1]]]
+    out = C.evaluate_captions(cands, [[c] for c in cands], use_meteor=False)
+    assert out["BLEU-4"] == pytest.approx(1.0) and out["ROUGE-L"] == pytest.approx(1.0)
+    assert out["CIDEr-D"] == pytest.approx(10.0)
+    assert out["METEOR"] is None and "skipped" in out["METEOR_note"]
+    worse = C.evaluate_captions(["a car", "dogs"], refs, use_meteor=False)
+    assert worse["BLEU-4"] < 0.01 and worse["CIDEr-D"] < 10.0 and worse["ROUGE-L"] < 1.0
+
+
+def test_meteor_missing_is_reported_not_crashing(monkeypatch, tmp_path):
+    monkeypatch.delenv(C.METEOR_JAR_ENV, raising=False)
+    with pytest.warns(UserWarning, match="METEOR not computed"):
+        out = C.evaluate_captions(["a cat"], [["a cat"]])
+    assert out["METEOR"] is None and C.METEOR_JAR_ENV in out["METEOR_note"]
+    assert out["BLEU-1"] == pytest.approx(1.0)
+    value, reason = C.meteor(["a cat"], [["a cat"]], meteor_jar=tmp_path / "nope.jar")
+    assert value is None and ("not found" in reason or "Java" in reason)
+
+
+def test_meteor_exact_fallback_hand_computed():
+    # 5 matches of 6, P = R = 5/6 -> Fmean 5/6; chunks [the cat] [on the mat] -> penalty 0.5 (2/5)^3
+    score = C.meteor_exact(
+        ["the", "cat", "sat", "on", "the", "mat"], [["the", "cat", "is", "on", "the", "mat"]]
+    )
+    assert score == pytest.approx(5 / 6 * (1 - 0.5 * (2 / 5) ** 3))
+    assert C.meteor_exact(["x"], [["y"]]) == 0.0
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="candidates but"):
+        C.evaluate_captions(["a"], [["a"], ["b"]], use_meteor=False)
+    with pytest.raises(TypeError, match="list of strings"):
+        C.bleu_scores(["a"], ["a"])
+    with pytest.raises(ValueError, match="no reference"):
+        C.rouge_l(["a"], [[]])
