@@ -151,6 +151,12 @@ class DetectionCodec:
                 f"labels must index the {self.vocab.num_classes} classes of the config; got "
                 f"{np.unique(flat_labels[bad]).tolist()[:10]}"
             )
+        if counts.min(initial=0) == width:  # every image has the same count: a plain reshape
+            return (
+                flat_boxes.reshape(batch, width, 4),
+                flat_labels.reshape(batch, width),
+                np.ones((batch, width), bool),
+            )
         image = np.repeat(np.arange(batch), counts)
         slot = np.arange(len(flat_boxes)) - np.repeat(np.cumsum(counts) - counts, counts)
         grid_boxes = np.full((batch, width, 4), np.nan)
@@ -171,83 +177,105 @@ class DetectionCodec:
             Boxes in model space (divided by each image's long side), (B, M) valid, the counts.
         """
         finite = np.isfinite(boxes).all(axis=-1) & present
-        h, w = sizes[:, 0, None], sizes[:, 1, None]
-        x0, y0, x1, y1 = (np.where(finite, boxes[..., i], 0.0) for i in range(4))
-        cx0, cx1 = np.clip(x0, 0.0, w), np.clip(x1, 0.0, w)
-        cy0, cy1 = np.clip(y0, 0.0, h), np.clip(y1, 0.0, h)
-        nonempty = (cx1 > cx0) & (cy1 > cy0)
+        limits = sizes[:, None, [1, 0, 1, 0]]  # (B, 1, 4): w, h, w, h
+        raw = np.where(finite[..., None], boxes, 0.0)
+        clipped_boxes = np.minimum(np.maximum(raw, 0.0), limits)
+        nonempty = (clipped_boxes[..., 2] > clipped_boxes[..., 0]) & (
+            clipped_boxes[..., 3] > clipped_boxes[..., 1]
+        )
         valid = finite & nonempty
-        clipped = valid & ((cx0 != x0) | (cx1 != x1) | (cy0 != y0) | (cy1 != y1))
-        scale = np.maximum(h, w)
-        normalized = np.stack([cx0, cy0, cx1, cy1], axis=-1) / scale[..., None]
+        clipped = valid & (clipped_boxes != raw).any(axis=-1)
+        normalized = clipped_boxes / sizes.max(axis=1)[:, None, None]
         stats = CodecStats(
-            clipped=int(clipped.sum()),
-            dropped_nonfinite=int((present & ~finite).sum()),
-            dropped_empty=int((finite & ~nonempty).sum()),
+            clipped=int(np.count_nonzero(clipped)),
+            dropped_nonfinite=int(np.count_nonzero(present) - np.count_nonzero(finite)),
+            dropped_empty=int(np.count_nonzero(finite) - np.count_nonzero(valid)),
         )
         return normalized, valid, stats
 
     def _order(
         self, boxes: np.ndarray, valid: np.ndarray, rng: np.random.Generator | None
-    ) -> tuple[np.ndarray, int]:
-        """Column order per image (B, M): a random subset of at most ``max_objects`` valid objects in
-        the codec's ordering first, everything else after. Also returns the over-max drop count."""
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Which objects go into each sequence, in order.
+
+        Returns:
+            (B, min(M, max_objects)) column indices — a uniformly random subset of at most
+            ``max_objects`` valid objects (subsampling never truncates by position) in the codec's
+            ordering, then invalid columns —, (B,) kept counts, and the number left out.
+        """
         batch, width = valid.shape
-        count = valid.sum(axis=1)
-        over = int(np.maximum(count - self.max_objects, 0).sum())
+        count = np.count_nonzero(valid, axis=1)
+        kept = np.minimum(count, self.max_objects)
+        over = int(count.sum() - kept.sum())
+        k = min(width, self.max_objects)
         if self.ordering == "given" and over == 0:
             keys = np.where(valid, np.arange(width, dtype=np.float64), np.inf)
-            return np.argsort(keys, axis=1, kind="stable"), 0
+            return np.argsort(keys, axis=1, kind="stable")[:, :k], kept, 0
         if rng is None and (self.ordering == "random" or over):
             raise ValueError(f"ordering {self.ordering!r} (or subsampling) needs an np.random.Generator")
-        # A random key per object: sorting by it gives a random permutation; its first max_objects
-        # entries are a uniform random subset (subsampling never truncates by position).
-        shuffle = rng.random((batch, width)) if rng is not None else np.zeros((batch, width))
-        chosen_rank = np.argsort(np.argsort(np.where(valid, shuffle, np.inf), axis=1), axis=1)
-        keep = valid & (chosen_rank < self.max_objects)
+        # Sorting by a random key per object gives a random permutation; its head is a random subset.
+        key = rng.random((batch, width)) if rng is not None else np.arange(width, dtype=np.float64)[None, :]
+        order = np.argsort(np.where(valid, key, np.inf), axis=1, kind="stable")[:, :k]
         if self.ordering == "random":
-            keys = np.where(keep, shuffle, np.inf)
-        elif self.ordering == "area":
-            area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-            keys = np.where(keep, -area, np.inf)
+            return order, kept, over
+        rows = np.arange(batch)[:, None]
+        chosen = boxes[rows, order]
+        if self.ordering == "area":
+            keys = -(chosen[..., 2] - chosen[..., 0]) * (chosen[..., 3] - chosen[..., 1])
         elif self.ordering == "distance":
-            keys = np.where(keep, np.hypot(boxes[..., 0], boxes[..., 1]), np.inf)
-        else:  # given, with subsampling
-            keys = np.where(keep, np.arange(width, dtype=np.float64), np.inf)
-        return np.argsort(keys, axis=1, kind="stable"), over
+            keys = np.hypot(chosen[..., 0], chosen[..., 1])
+        else:  # given order, after subsampling
+            keys = order.astype(np.float64)
+        keys = np.where(np.arange(k)[None, :] < kept[:, None], keys, np.inf)
+        return order[rows, np.argsort(keys, axis=1, kind="stable")], kept, over
 
     # --- noise ----------------------------------------------------------------------------------
     def _noise_boxes(
-        self, real: np.ndarray, num_real: np.ndarray, extent: np.ndarray, rng: np.random.Generator
+        self,
+        real: np.ndarray,
+        num_real: np.ndarray,
+        image: np.ndarray,
+        extent: np.ndarray,
+        rng: np.random.Generator,
     ) -> np.ndarray:
-        """(B, K, 4) xyxy noise boxes in model space for every slot (callers use slots >= num_real).
+        """(n, 4) xyxy noise boxes in model space, one per noise slot.
 
         Args:
             real: (B, K, 4) real boxes, valid in slots ``< num_real``.
             num_real: (B,) real objects per image.
+            image: (n,) the image of each noise slot.
             extent: (B, 2) image content extent in model space (w / long side, h / long side).
         """
-        batch, k, _ = real.shape
-        src = np.minimum(
-            (rng.random((batch, k)) * num_real[:, None]).astype(np.int64),
-            np.maximum(num_real - 1, 0)[:, None],
+        n = len(image)
+        have = num_real[image]
+        span = extent[image]  # (n, 2)
+        kind = rng.random(n)
+        kind[have == 0] = 1.0  # nothing to copy → random box
+        duplicate = kind < self.duplicate_fraction
+        random_box = kind >= (1 + self.duplicate_fraction) / 2
+        copies = ~random_box  # duplicates and shifted boxes start from a real box
+        noise = np.empty((n, 4))
+        # Random draws only for the slots that use them (the generator is the cost here).
+        src_image, src_have = image[copies], have[copies]
+        pick = np.minimum((rng.random(len(src_image)) * src_have).astype(np.int64), src_have - 1)
+        source = real[src_image, pick]
+        size = source[:, 2:] - source[:, :2]  # (m, 2) w, h
+        is_dup = duplicate[copies]
+        jitter = _truncated_normal(rng, (int(is_dup.sum()), 4)) * self.noise_jitter
+        copied = np.empty_like(source)
+        copied[is_dup] = source[is_dup] + jitter * np.concatenate([size[is_dup], size[is_dup]], axis=1)
+        shift = ~is_dup
+        centre = rng.random((int(shift.sum()), 2)) * span[copies][shift]
+        half = size[shift] / 2
+        copied[shift] = np.concatenate([centre - half, centre + half], axis=1)
+        noise[copies] = copied
+        corners = rng.random((int(random_box.sum()), 2, 2)) * span[random_box][:, None, :]
+        noise[random_box] = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+        lo = np.minimum(noise[:, :2], noise[:, 2:])
+        hi = np.maximum(noise[:, :2], noise[:, 2:])
+        return np.concatenate(
+            [np.minimum(np.maximum(lo, 0.0), span), np.minimum(np.maximum(hi, 0.0), span)], axis=1
         )
-        source = np.take_along_axis(real, src[..., None], axis=1)
-        size = np.concatenate([source[..., 2:] - source[..., :2]] * 2, axis=-1)  # (w, h, w, h)
-        duplicate = source + _truncated_normal(rng, (batch, k, 4)) * self.noise_jitter * size
-        ew, eh = extent[:, None, 0:1], extent[:, None, 1:2]
-        span = np.concatenate([ew, eh], axis=-1)  # (B, 1, 2)
-        centre = rng.random((batch, k, 2)) * span
-        shifted = np.concatenate([centre - size[..., :2] / 2, centre + size[..., :2] / 2], axis=-1)
-        corners = rng.random((batch, k, 2, 2)) * span[:, :, None, :]
-        random_box = np.concatenate([corners.min(axis=2), corners.max(axis=2)], axis=-1)
-        kind = rng.random((batch, k))
-        bad = np.where((kind < (1 + self.duplicate_fraction) / 2)[..., None], shifted, random_box)
-        noise = np.where((kind < self.duplicate_fraction)[..., None], duplicate, bad)
-        noise = np.where((num_real > 0)[:, None, None], noise, random_box)  # nothing to copy
-        lo = np.minimum(noise[..., :2], noise[..., 2:])
-        hi = np.maximum(noise[..., :2], noise[..., 2:])
-        return np.concatenate([np.clip(lo, 0.0, span), np.clip(hi, 0.0, span)], axis=-1)
 
     # --- encoding -------------------------------------------------------------------------------
     def build_training_batch(
@@ -271,33 +299,28 @@ class DetectionCodec:
         Returns:
             :class:`DetectionSequences`.
         """
+        if augment and rng is None:
+            raise ValueError("augment=True needs an np.random.Generator")
         grid, grid_labels, present = self._grid(boxes, labels)
         batch = grid.shape[0]
         sizes = _as_size_array(image_sizes, batch)
         normalized, valid, stats = self._sanitize(grid, present, sizes)
-        order, over = self._order(normalized, valid, rng)
-        stats.dropped_over_max = over
-        k = self.max_objects
-        order = order[:, :k]
-        width = order.shape[1]
-        num_real = np.minimum(valid.sum(axis=1), k)
-        real = np.take_along_axis(normalized, order[..., None], axis=1)
-        classes = self.vocab.class_offset + np.take_along_axis(grid_labels, order, axis=1)
+        order, num_real, stats.dropped_over_max = self._order(normalized, valid, rng)
+        rows = np.arange(batch)[:, None]
+        width = self.max_objects if augment else order.shape[1]
+        real = np.zeros((batch, width, 4))
+        classes = np.full((batch, width), self.vocab.noise_id, dtype=np.int64)
+        real[:, : order.shape[1]] = normalized[rows, order]
+        classes[:, : order.shape[1]] = self.vocab.class_offset + grid_labels[rows, order]
+        is_real = np.arange(width)[None, :] < num_real[:, None]
         if augment:
-            if rng is None:
-                raise ValueError("augment=True needs an np.random.Generator")
-            if width < k:  # room for noise beyond the widest image
-                real = np.concatenate([real, np.zeros((batch, k - width, 4))], axis=1)
-                classes = np.concatenate([classes, np.zeros((batch, k - width), dtype=np.int64)], axis=1)
-                width = k
-            extent = sizes[:, ::-1] / sizes.max(axis=1, keepdims=True)  # (w, h) / long side
-            is_real = np.arange(width)[None, :] < num_real[:, None]
-            noise = self._noise_boxes(real, num_real, extent, rng)
-            real = np.where(is_real[..., None], real, noise)
-            classes = np.where(is_real, classes, self.vocab.noise_id)
+            image, slot = np.nonzero(~is_real)
+            if len(image):
+                extent = sizes[:, ::-1] / sizes.max(axis=1, keepdims=True)  # (w, h) / long side
+                real[image, slot] = self._noise_boxes(real, num_real, image, extent, rng)
+                classes[image, slot] = self.vocab.noise_id
             num_objects = np.full(batch, width, dtype=np.int64)
         else:
-            is_real = np.arange(width)[None, :] < num_real[:, None]
             num_objects = num_real
         return self._assemble(real, classes, is_real, num_objects, num_real, stats)
 
@@ -312,15 +335,24 @@ class DetectionCodec:
     ) -> DetectionSequences:
         """(B, K, 4) model-space xyxy + (B, K) class ids → padded token and weight arrays."""
         batch, width = classes.shape
-        bins = self.vocab.quantize(boxes[..., [1, 0, 3, 2]])  # ymin xmin ymax xmax
-        objects = np.concatenate([bins + self.vocab.coord_offset, classes[..., None]], axis=-1)
+        objects = np.empty((batch, width, 5), dtype=np.int64)
+        objects[..., :4] = self.vocab.quantize(boxes[..., [1, 0, 3, 2]])  # ymin xmin ymax xmax
+        objects[..., :4] += self.vocab.coord_offset
+        objects[..., 4] = classes
+        weights_obj = np.where(
+            is_real[..., None], np.float32(1.0), np.array([0, 0, 0, 0, 1], dtype=np.float32)
+        )
+        if num_objects.min(initial=width) < width:  # some sequences are shorter: pad their tail
+            absent = np.arange(width)[None, :] >= num_objects[:, None]
+            objects[absent] = PAD_ID
+            weights_obj[absent] = 0.0
         length = 5 * int(num_objects.max(initial=0)) + 1
-        tokens = np.full((batch, max(length, 5 * width + 1)), PAD_ID, dtype=np.int64)
-        weights = np.zeros(tokens.shape, dtype=np.float32)
-        present = np.arange(width)[None, :] < num_objects[:, None]  # (B, K)
-        tokens[:, : 5 * width] = np.where(present[..., None], objects, PAD_ID).reshape(batch, -1)
-        obj_weights = np.where(is_real[..., None], 1.0, np.array([0, 0, 0, 0, 1.0]))
-        weights[:, : 5 * width] = np.where(present[..., None], obj_weights, 0.0).reshape(batch, -1)
+        tokens = np.empty((batch, 5 * width + 1), dtype=np.int64)
+        weights = np.empty(tokens.shape, dtype=np.float32)
+        tokens[:, :-1] = objects.reshape(batch, -1)
+        weights[:, :-1] = weights_obj.reshape(batch, -1)
+        tokens[:, -1] = PAD_ID
+        weights[:, -1] = 0.0
         rows = np.arange(batch)
         tokens[rows, 5 * num_objects] = EOS_ID
         weights[rows, 5 * num_objects] = self.eos_weight

@@ -165,8 +165,11 @@ class PixtokVocab:
         Returns:
             ``int64`` array of the same shape, in ``[0, num_bins)`` (add :attr:`coord_offset` for ids).
         """
-        scaled = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0) * self.num_bins
-        return np.clip(np.floor(scaled), 0, self.num_bins - 1).astype(np.int64)
+        scaled = np.asarray(values, dtype=np.float64) * self.num_bins
+        np.floor(scaled, out=scaled)
+        np.fmax(scaled, 0.0, out=scaled)  # fmax/fmin drop NaN in favour of the bound: NaN -> bin 0
+        np.fmin(scaled, self.num_bins - 1, out=scaled)
+        return scaled.astype(np.int64)
 
     def dequantize(self, bins: np.ndarray) -> np.ndarray:
         """Bin indices → bin centres ``(bin + 0.5) / num_bins`` in model space (``float64``).
