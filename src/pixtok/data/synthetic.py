@@ -1,0 +1,723 @@
+"""The synthetic benchmark: shape scenes written in the real on-disk formats, read back by the loaders.
+
+``write_benchmark(out_dir, seed, num_images)`` renders scenes of coloured shapes (things) on two
+textured background regions (stuff), with occlusion, and writes for the same images:
+
+``images/<split>/<id>.jpg``                        the RGB scenes (JPEG, quality 95)
+``annotations/instances_<split>.json``             COCO instances (boxes of the visible part, RLE masks)
+``annotations/panoptic_<split>.json`` + ``panoptic/<split>/<id>.png``  COCO panoptic (things + stuff)
+``annotations/localized_narratives_<split>.jsonl`` Localized Narratives: timed utterances, mouse
+                                                   traces that visit each object while it is named
+``refcoco/refs(synthetic).p`` / ``.json`` + ``refcoco/instances.json``  RefCOCO-style refs whose
+                                                   expressions identify one object unambiguously
+``visual_genome/region_descriptions_<split>.json`` + ``image_data_<split>.json``  VG regions
+``benchmark.json``                                 seed, sizes, split sizes, class lists
+
+Splits are fixed by image index (first 80 % train, next 10 % val, rest test); every image is drawn
+from its own generator ``numpy.random.default_rng([seed, index])``, and every file is written with
+sorted keys and deterministic encoders: the same arguments give byte-identical folders.
+``load_synthetic(root, split, kind)`` (``pixtok.data.load("synthetic", root=…, split=…, kind=…)``)
+reads a folder back through the real loaders; ``kind`` is one of :data:`KINDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import time
+from dataclasses import dataclass
+from functools import cached_property
+
+import datasets
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+from pycocotools import mask as mask_utils
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon")
+"""Thing classes; COCO category id = index + 1."""
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 45, 40),
+    "green": (40, 175, 70),
+    "blue": (45, 85, 215),
+    "yellow": (240, 205, 35),
+    "purple": (145, 60, 185),
+}
+"""Object colour names and their RGB."""
+
+STUFF: dict[str, tuple[int, int, int]] = {
+    "sky": (175, 205, 235),
+    "wall": (160, 150, 140),
+    "grass": (105, 140, 85),
+    "sand": (215, 195, 150),
+}
+"""Stuff classes (background regions) and their base RGB; the top region is sky or wall, the
+bottom grass or sand. COCO category id = 101 + index."""
+
+SIZES: dict[str, tuple[float, float]] = {"small": (0.05, 0.08), "medium": (0.10, 0.14), "large": (0.17, 0.22)}
+"""Size words → circumradius range as a fraction of the image side (disjoint, so words are exact)."""
+
+KINDS: tuple[str, ...] = ("coco", "coco_panoptic", "localized_narratives", "refcoco", "visual_genome")
+"""What ``load_synthetic(kind=…)`` can read back."""
+
+SPLITS: tuple[tuple[str, float], ...] = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+DEFAULT_IMAGE_SIZE = 128
+MAX_OBJECTS = 5
+MIN_VISIBLE = 0.6  # an earlier object keeps at least this fraction of its pixels when overlapped
+STUFF_ID_OFFSET = 101
+JPEG_QUALITY = 95  # scenes are JPEG like COCO; panoptic PNGs stay lossless
+TRACE_HZ = 10.0  # mouse samples per second in the narratives
+WORD_SECONDS = 0.3  # speaking time per word
+_TOP_STUFF, _BOTTOM_STUFF = ("sky", "wall"), ("grass", "sand")
+
+
+@dataclass
+class Thing:
+    """One rendered object: class, colour and size words, geometry and its visible mask."""
+
+    shape: str
+    color: str
+    size: str
+    center: tuple[float, float]  # (x, y) pixels
+    radius: float  # circumradius, pixels
+    mask: np.ndarray  # (H, W) bool, visible pixels (after occlusion)
+
+    @property
+    def phrase(self) -> str:
+        return f"{self.size} {self.color} {self.shape}"
+
+    @cached_property
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ys, xs)`` of the visible pixels (read after rendering, when the mask is final)."""
+        return np.nonzero(self.mask)
+
+
+@dataclass
+class Region:
+    """One stuff region: class name and visible mask."""
+
+    name: str
+    mask: np.ndarray  # (H, W) bool
+
+    @cached_property
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.nonzero(self.mask)
+
+
+@dataclass
+class Scene:
+    """One generated image with its things (drawing order) and the two stuff regions."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    things: list[Thing]
+    stuff: list[Region]  # top region, then bottom region (visible parts)
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        corners, radii = 4, [r]
+        angle += math.pi / 4
+    elif shape == "triangle":
+        corners, radii = 3, [r]
+        angle -= math.pi / 2
+    elif shape == "hexagon":
+        corners, radii = 6, [r]
+    elif shape == "star":
+        corners, radii = 10, [r, 0.45 * r]
+        angle -= math.pi / 2
+    else:
+        raise ValueError(f"no polygon for shape {shape!r}")
+    return [
+        (
+            cx + radii[k % len(radii)] * math.cos(angle + 2 * math.pi * k / corners),
+            cy + radii[k % len(radii)] * math.sin(angle + 2 * math.pi * k / corners),
+        )
+        for k in range(corners)
+    ]
+
+
+def _shape_mask(shape: str, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
+    canvas = PIL.Image.new("L", (size, size), 0)
+    draw = PIL.ImageDraw.Draw(canvas)
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r, angle), fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def texture_bank(size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Patterns computed once per run: ``(size, size + 16, 3)`` int16 texture of every stuff class
+    (cropped at a random phase per image) and a ``(2 size, 2 size)`` int16 ``"noise"`` field
+    (Gaussian, sigma 8; each image adds a random window of it)."""
+    yy, xx = np.mgrid[0:size, 0 : size + 16].astype(np.float32)
+    rows = (yy // 8).astype(np.int32)
+    mortar = (yy % 8 < 1) | (((xx + 8 * (rows % 2)) % 16) < 1)
+    patterns = {
+        "sky": (yy / size - 0.5) * -40.0,
+        "wall": np.where(mortar, -45.0, 0.0),
+        "grass": 12.0 * np.sin(xx * 1.3) * np.sin(yy * 0.4),
+        "sand": 10.0 * np.sin((xx + yy) * 0.35),
+    }
+    bank = {
+        name: np.rint(np.asarray(STUFF[name], np.float32) + patterns[name][..., None]).astype(np.int16)
+        for name in STUFF
+    }
+    bank["noise"] = np.rint(np.random.default_rng([seed]).normal(0.0, 8.0, (2 * size, 2 * size))).astype(
+        np.int16
+    )
+    return bank
+
+
+def render_scene(
+    rng: np.random.Generator,
+    size: int = DEFAULT_IMAGE_SIZE,
+    max_objects: int = MAX_OBJECTS,
+    textures: dict[str, np.ndarray] | None = None,
+) -> Scene:
+    """Draw one scene.
+
+    Args:
+        rng: the image's own generator (all randomness comes from it).
+        size: image side in pixels (square images).
+        max_objects: at most this many things (at least one).
+        textures: :func:`texture_bank` of ``size`` (computed here when not given).
+
+    Returns:
+        :class:`Scene` whose thing masks are the visible pixels after occlusion.
+    """
+    textures = textures if textures is not None else texture_bank(size)
+    top, bottom = str(rng.choice(_TOP_STUFF)), str(rng.choice(_BOTTOM_STUFF))
+    columns = np.arange(size)
+    horizon = size * rng.uniform(0.35, 0.65) + size * 0.05 * np.sin(
+        columns * rng.uniform(0.03, 0.1) + rng.uniform(0, 6.3)
+    )
+    top_mask = columns[:, None] < horizon[None, :]
+    shift = int(rng.integers(0, 16))  # texture phase
+    background = np.where(
+        top_mask[..., None], textures[top][:, shift : shift + size], textures[bottom][:, shift : shift + size]
+    )
+    oy, ox = rng.integers(0, size, 2)
+    noise = textures["noise"][oy : oy + size, ox : ox + size, None]
+    image = np.clip(background + noise, 0, 255).astype(np.uint8)
+
+    things: list[Thing] = []
+    full_areas: list[int] = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _attempt in range(8):
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            color = list(COLORS)[int(rng.integers(len(COLORS)))]
+            size_word = list(SIZES)[int(rng.integers(len(SIZES)))]
+            lo, hi = SIZES[size_word]
+            radius = size * rng.uniform(lo, hi)
+            cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
+            angle = rng.uniform(0, math.pi / 6)
+            if any(t.shape == shape and t.color == color and t.size == size_word for t in things):
+                continue
+            mask = _shape_mask(shape, cx, cy, radius, angle, size)
+            area = int(np.count_nonzero(mask))
+            if not area:
+                continue
+            if all(np.count_nonzero(t.mask & ~mask) >= MIN_VISIBLE * a for t, a in zip(things, full_areas)):
+                for t in things:
+                    t.mask &= ~mask
+                things.append(Thing(shape, color, size_word, (float(cx), float(cy)), float(radius), mask))
+                full_areas.append(area)
+                shade = np.asarray(COLORS[color], np.int16) + rng.integers(-8, 9, (area, 1), dtype=np.int16)
+                image[mask] = np.clip(shade, 0, 255).astype(np.uint8)
+                break
+    occupied = np.zeros((size, size), dtype=bool)
+    for t in things:
+        occupied |= t.mask
+    stuff = [Region(top, top_mask & ~occupied), Region(bottom, ~top_mask & ~occupied)]
+    return Scene(image, [t for t in things if t.mask.any()], [r for r in stuff if r.mask.any()])
+
+
+# --- descriptions ---------------------------------------------------------------------------------
+
+
+def _relation(target: Thing, anchor: Thing) -> str:
+    dx, dy = target.center[0] - anchor.center[0], target.center[1] - anchor.center[1]
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def _matches(thing: Thing, words: tuple[str, ...]) -> bool:
+    return all(w in (thing.shape, thing.color, thing.size) for w in words)
+
+
+def _unique_words(index: int, things: list[Thing]) -> tuple[str, ...] | None:
+    """Fewest attribute words (shape; colour shape; size colour shape) naming only ``things[index]``."""
+    t = things[index]
+    for words in ((t.shape,), (t.color, t.shape), (t.size, t.color, t.shape)):
+        if sum(_matches(o, words) for o in things) == 1:
+            return words
+    return None
+
+
+def referring_expressions(index: int, things: list[Thing]) -> list[str]:
+    """Expressions that pick out ``things[index]`` alone among ``things`` (empty if none exists).
+
+    The first is the shortest attribute phrase ("the red circle"); the second adds a spatial
+    relation to the nearest other uniquely describable object ("the small red circle left of the
+    blue square"), checked to hold for the target only among objects matching its attributes.
+    """
+    target = things[index]
+    expressions = []
+    words = _unique_words(index, things)
+    if words is not None:
+        expressions.append("the " + " ".join(words))
+    full = (target.size, target.color, target.shape)
+    candidates = [o for o in things if _matches(o, (target.color, target.shape))]
+    others = sorted(
+        (j for j in range(len(things)) if j != index),
+        key=lambda j: math.dist(things[j].center, target.center),
+    )
+    for j in others:
+        anchor_words = _unique_words(j, things)
+        if anchor_words is None:
+            continue
+        relation = _relation(target, things[j])
+        if sum(_relation(o, things[j]) == relation for o in candidates if o is not things[j]) == 1:
+            subject = full if words is None or len(words) == 3 else (target.color, target.shape)
+            expressions.append(f"the {' '.join(subject)} {relation} the {' '.join(anchor_words)}")
+            break
+    return expressions
+
+
+def _trace_inside(region: Thing | Region, rng: np.random.Generator, count: int) -> np.ndarray:
+    """``(count, 2)`` pixel xy of points inside ``region``, ordered by angle around its centroid
+    (a loop over the object, as annotators circle what they name)."""
+    ys, xs = region.coords
+    picks = rng.integers(0, len(xs), count)
+    px, py = xs[picks] + 0.5, ys[picks] + 0.5
+    order = np.argsort(np.arctan2(py - py.mean(), px - px.mean()), kind="stable")
+    return np.stack([px[order], py[order]], axis=1)
+
+
+def narrative(scene: Scene, rng: np.random.Generator, size: int) -> dict:
+    """A Localized Narratives record (``caption``, ``timed_caption``, ``traces``) for ``scene``.
+
+    Utterances: "In this image we can see", one per object ("a small red circle,"), "and" before
+    the last, then "In the background there is" and the stuff names. While an object or stuff
+    region is named, every trace point lies inside its visible pixels; during fillers the mouse
+    glides between them. Times in seconds, coordinates normalized to the image.
+    """
+    things, stuff = scene.things, scene.stuff
+    utterances: list[tuple[str, Thing | Region | None]] = [("In this image we can see", None)]
+    for k, thing in enumerate(things):
+        last = k == len(things) - 1
+        if last and k > 0:
+            utterances.append(("and", None))
+        utterances.append((f"a {thing.phrase}{'.' if last else ','}", thing))
+    if stuff:
+        utterances.append(("In the background there is", None))
+        for k, region in enumerate(stuff):
+            if k:
+                utterances.append(("and", None))
+            utterances.append((f"{region.name}{'.' if k == len(stuff) - 1 else ''}", region))
+    timed, paths, clocks = [], [], []
+    clock = float(rng.uniform(0.5, 1.0))
+    position = np.asarray([size / 2, size / 2], dtype=np.float64)
+    for text, region in utterances:
+        duration = WORD_SECONDS * len(text.split())
+        start, end = clock, clock + duration
+        timed.append({"utterance": text, "start_time": round(start, 3), "end_time": round(end, 3)})
+        count = max(int(duration * TRACE_HZ), 2)
+        if region is None:
+            target = np.clip(position + rng.normal(0, size * 0.05, 2), 0, size)
+            path = position[None] + (target - position)[None] * (np.arange(count) / (count - 1))[:, None]
+        else:
+            path = _trace_inside(region, rng, count)
+        paths.append(path)
+        clocks.append(start + (end - start) * np.arange(count) / (count - 1))
+        position = path[-1]
+        clock = end + 0.1
+    xy = np.round(np.concatenate(paths) / size, 5).tolist()
+    times = np.round(np.concatenate(clocks), 3).tolist()
+    trace = [{"x": x, "y": y, "t": t} for (x, y), t in zip(xy, times)]
+    caption = " ".join(u["utterance"] for u in timed)
+    return {"caption": caption, "timed_caption": timed, "traces": [trace]}
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def split_of(index: int, num_images: int) -> str:
+    """Fixed split of image ``index``: first 80 % train, next 10 % val, the rest test."""
+    bound = 0.0
+    for name, fraction in SPLITS:
+        bound += fraction
+        if index < round(bound * num_images):
+            return name
+    return SPLITS[-1][0]
+
+
+def _bbox_xywh(region: Thing | Region) -> list[float]:
+    ys, xs = region.coords
+    x0, y0 = int(xs.min()), int(ys.min())
+    return [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
+
+
+def _rle(mask: np.ndarray) -> dict:
+    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"counts": encoded["counts"].decode("ascii"), "size": [int(v) for v in encoded["size"]]}
+
+
+def _dump(path: str, payload: object) -> None:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))  # one-shot: the C encoder
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _categories() -> tuple[list[dict], list[dict]]:
+    things = [{"id": k + 1, "name": s, "supercategory": "shape", "isthing": 1} for k, s in enumerate(SHAPES)]
+    stuff = [
+        {"id": STUFF_ID_OFFSET + k, "name": s, "supercategory": "background", "isthing": 0}
+        for k, s in enumerate(STUFF)
+    ]
+    return things, stuff
+
+
+def write_benchmark(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    num_images: int = 1000,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    max_objects: int = MAX_OBJECTS,
+) -> dict:
+    """Render ``num_images`` scenes and write every format (see the module docstring).
+
+    Args:
+        out_dir: output folder (created; existing benchmark files are overwritten).
+        seed: base seed; image ``i`` uses ``default_rng([seed, i])``.
+        num_images: total images over the three splits (at least 1).
+        image_size: side of the square images, pixels (at least 32).
+        max_objects: at most this many shapes per image.
+
+    Returns:
+        The ``benchmark.json`` summary: arguments, per-split image / object / ref counts, seconds.
+    """
+    if num_images < 1 or image_size < 32 or not 1 <= max_objects <= 250 or seed < 0:
+        raise ValueError(
+            "need num_images >= 1, image_size >= 32, 1 <= max_objects <= 250, seed >= 0; "
+            f"got {num_images}, {image_size}, {max_objects}, {seed}"
+        )
+    started = time.perf_counter()
+    root = os.fspath(out_dir)
+    split_names = [name for name, _ in SPLITS]
+    for sub in ("annotations", "refcoco", "visual_genome"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for name in split_names:
+        os.makedirs(os.path.join(root, "images", name), exist_ok=True)
+        os.makedirs(os.path.join(root, "panoptic", name), exist_ok=True)
+    textures = texture_bank(image_size, seed)
+    thing_cats, stuff_cats = _categories()
+    stuff_id = {c["name"]: c["id"] for c in stuff_cats}
+    coco = {n: {"images": [], "annotations": [], "categories": thing_cats} for n in split_names}
+    panoptic = {
+        n: {"images": [], "annotations": [], "categories": thing_cats + stuff_cats} for n in split_names
+    }
+    narratives: dict[str, list[str]] = {n: [] for n in split_names}
+    vg_regions: dict[str, list] = {n: [] for n in split_names}
+    vg_images: dict[str, list] = {n: [] for n in split_names}
+    refs: list[dict] = []
+    ref_images, ref_annotations = [], []
+    ann_id = region_id = sent_id = 0
+    for index in range(num_images):
+        rng = np.random.default_rng([seed, index])
+        scene = render_scene(rng, image_size, max_objects, textures)
+        split = split_of(index, num_images)
+        image_id = index + 1
+        file_name = f"{split}/{image_id:012d}.jpg"  # COCO naming, so LN ids resolve
+        PIL.Image.fromarray(scene.image).save(os.path.join(root, "images", file_name), quality=JPEG_QUALITY)
+        entry = {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
+        coco[split]["images"].append(entry)
+        panoptic[split]["images"].append(entry)
+        ref_images.append(entry)
+        vg_images[split].append(
+            {
+                "image_id": image_id,
+                "width": image_size,
+                "height": image_size,
+                "url": f"synthetic/{file_name}",
+                "coco_id": image_id,
+                "flickr_id": None,
+            }
+        )
+        ids = np.zeros((image_size, image_size), dtype=np.uint8)  # segment ids < 256 (see max_objects check)
+        segments, regions = [], []
+        visible = scene.things
+        for k, thing in enumerate(visible):
+            ann_id += 1
+            bbox = _bbox_xywh(thing)
+            area = len(thing.coords[0])
+            category = SHAPES.index(thing.shape) + 1
+            annotation = {
+                "id": ann_id,
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": bbox,
+                "area": area,
+                "iscrowd": 0,
+                "segmentation": _rle(thing.mask),
+            }
+            coco[split]["annotations"].append(annotation)
+            ref_annotations.append(annotation)
+            segment_id = k + 1
+            ids[thing.coords] = segment_id
+            segments.append(
+                {"id": segment_id, "category_id": category, "iscrowd": 0, "bbox": bbox, "area": area}
+            )
+            expressions = referring_expressions(k, visible)
+            if expressions:
+                sentences = []
+                for text in expressions:
+                    sent_id += 1
+                    sentences.append({"raw": text, "sent": text, "sent_id": sent_id, "tokens": text.split()})
+                refs.append(
+                    {
+                        "ref_id": len(refs) + 1,
+                        "ann_id": ann_id,
+                        "image_id": image_id,
+                        "split": split,
+                        "category_id": category,
+                        "file_name": file_name,
+                        "sentences": sentences,
+                        "sent_ids": [s["sent_id"] for s in sentences],
+                    }
+                )
+            region_id += 1
+            regions.append(
+                {
+                    "region_id": region_id,
+                    "image_id": image_id,
+                    "phrase": expressions[-1][4:] if expressions else thing.phrase,
+                    "x": int(bbox[0]),
+                    "y": int(bbox[1]),
+                    "width": int(bbox[2]),
+                    "height": int(bbox[3]),
+                }
+            )
+        for k, region in enumerate(scene.stuff):
+            segment_id = len(visible) + k + 1
+            ids[region.coords] = segment_id
+            bbox = _bbox_xywh(region)
+            segments.append(
+                {
+                    "id": segment_id,
+                    "category_id": stuff_id[region.name],
+                    "iscrowd": 0,
+                    "bbox": bbox,
+                    "area": len(region.coords[0]),
+                }
+            )
+            region_id += 1
+            regions.append(
+                {
+                    "region_id": region_id,
+                    "image_id": image_id,
+                    "phrase": f"the {region.name} in the background",
+                    "x": int(bbox[0]),
+                    "y": int(bbox[1]),
+                    "width": int(bbox[2]),
+                    "height": int(bbox[3]),
+                }
+            )
+        png_name = f"{image_id:012d}.png"
+        rgb = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+        rgb[..., 0] = ids  # id = R + 256 G + 256^2 B with G = B = 0
+        PIL.Image.fromarray(rgb).save(os.path.join(root, "panoptic", split, png_name), compress_level=1)
+        panoptic[split]["annotations"].append(
+            {"image_id": image_id, "file_name": png_name, "segments_info": segments}
+        )
+        story = narrative(scene, rng, image_size)
+        record = {
+            "dataset_id": "pixtok_synthetic",
+            "image_id": str(image_id),
+            "annotator_id": 0,
+            "voice_recording": "",
+            **story,
+        }
+        narratives[split].append(json.dumps(record, sort_keys=True, separators=(",", ":")))
+        vg_regions[split].append({"id": image_id, "regions": regions})
+
+    counts = {}
+    for name in split_names:
+        _dump(os.path.join(root, "annotations", f"instances_{name}.json"), coco[name])
+        _dump(os.path.join(root, "annotations", f"panoptic_{name}.json"), panoptic[name])
+        with open(
+            os.path.join(root, "annotations", f"localized_narratives_{name}.jsonl"), "w", encoding="utf-8"
+        ) as handle:
+            handle.write("".join(line + "\n" for line in narratives[name]))
+        _dump(os.path.join(root, "visual_genome", f"region_descriptions_{name}.json"), vg_regions[name])
+        _dump(os.path.join(root, "visual_genome", f"image_data_{name}.json"), vg_images[name])
+        counts[name] = {
+            "images": len(coco[name]["images"]),
+            "objects": len(coco[name]["annotations"]),
+            "refs": sum(r["split"] == name for r in refs),
+            "regions": sum(len(e["regions"]) for e in vg_regions[name]),
+        }
+    _dump(
+        os.path.join(root, "refcoco", "instances.json"),
+        {"images": ref_images, "annotations": ref_annotations, "categories": thing_cats},
+    )
+    _dump(os.path.join(root, "refcoco", "refs(synthetic).json"), refs)
+    with open(os.path.join(root, "refcoco", "refs(synthetic).p"), "wb") as handle:
+        pickle.dump(refs, handle, protocol=2)
+    summary = {
+        "seed": seed,
+        "num_images": num_images,
+        "image_size": image_size,
+        "max_objects": max_objects,
+        "things": list(SHAPES),
+        "stuff": list(STUFF),
+        "colors": list(COLORS),
+        "sizes": list(SIZES),
+        "splits": counts,
+    }
+    _dump(os.path.join(root, "benchmark.json"), summary)
+    return {**summary, "seconds": time.perf_counter() - started}
+
+
+# --- reading back ---------------------------------------------------------------------------------
+
+
+def load_synthetic(
+    root: str | os.PathLike,
+    split: str = "train",
+    kind: str = "coco",
+    *,
+    check_images: str = "decode",
+) -> datasets.Dataset:
+    """Read one split of a ``write_benchmark`` folder through the real loader of ``kind``.
+
+    Args:
+        root: the folder ``pixtok synth --out`` wrote.
+        split: ``train``, ``val`` or ``test``.
+        kind: one of :data:`KINDS` — which format to read (coco = detection rows, …).
+        check_images: :data:`pixtok.data.images.CHECK_MODES`.
+    """
+    from .sources.coco import load_coco
+    from .sources.coco_panoptic import load_coco_panoptic
+    from .sources.localized_narratives import load_localized_narratives
+    from .sources.refcoco import load_refcoco
+    from .sources.visual_genome import load_visual_genome
+
+    root = os.fspath(root)
+    if not os.path.isfile(os.path.join(root, "benchmark.json")):
+        raise FileNotFoundError(
+            f"{root} is not a synthetic benchmark folder (no benchmark.json); write one with `pixtok synth`"
+        )
+    names = [name for name, _ in SPLITS]
+    if split not in names:
+        raise ValueError(f"split must be one of {', '.join(names)}, got {split!r}")
+    ann = os.path.join(root, "annotations")
+    images = os.path.join(root, "images")
+    if kind == "coco":
+        return load_coco(os.path.join(ann, f"instances_{split}.json"), images, check_images=check_images)
+    if kind == "coco_panoptic":
+        return load_coco_panoptic(
+            os.path.join(ann, f"panoptic_{split}.json"),
+            os.path.join(root, "panoptic", split),
+            images,
+            check_images=check_images,
+        )
+    if kind == "localized_narratives":
+        return load_localized_narratives(
+            os.path.join(ann, f"localized_narratives_{split}.jsonl"),
+            os.path.join(images, split),
+            check_images=check_images,
+        )
+    if kind == "refcoco":
+        return load_refcoco(
+            os.path.join(root, "refcoco", "refs(synthetic).p"),
+            os.path.join(root, "refcoco", "instances.json"),
+            images,
+            split=split,
+            check_images=check_images,
+        )
+    if kind == "visual_genome":
+        vg = os.path.join(root, "visual_genome")
+        return load_visual_genome(
+            os.path.join(vg, f"region_descriptions_{split}.json"),
+            os.path.join(vg, f"image_data_{split}.json"),
+            images,
+            check_images=check_images,
+        )
+    raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``pixtok synth`` options (``--out --seed --num-images --image-size --max-objects``)."""
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    parser.add_argument("--num-images", type=int, default=1000, help="images over all splits (default 1000)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULT_IMAGE_SIZE,
+        help=f"square image side in px (default {DEFAULT_IMAGE_SIZE})",
+    )
+    parser.add_argument(
+        "--max-objects",
+        type=int,
+        default=MAX_OBJECTS,
+        help=f"shapes per image at most (default {MAX_OBJECTS})",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the benchmark for parsed ``args``; print counts and throughput. Returns exit code 0."""
+    summary = write_benchmark(args.out, args.seed, args.num_images, args.image_size, args.max_objects)
+    rate = summary["num_images"] / max(summary["seconds"], 1e-9)
+    for name, counts in summary["splits"].items():
+        print(f"{name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(
+        f"wrote {summary['num_images']} images of {summary['image_size']}px to {args.out} in "
+        f"{summary['seconds']:.2f} s ({rate:.0f} images/s)"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pixtok.data.synthetic --out DIR …`` (same as ``pixtok synth``)."""
+    parser = add_arguments(argparse.ArgumentParser(description="Write the pixtok synthetic benchmark."))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = [
+    "COLORS",
+    "DEFAULT_IMAGE_SIZE",
+    "KINDS",
+    "SHAPES",
+    "SIZES",
+    "SPLITS",
+    "STUFF",
+    "Region",
+    "Scene",
+    "Thing",
+    "add_arguments",
+    "load_synthetic",
+    "main",
+    "narrative",
+    "referring_expressions",
+    "render_scene",
+    "texture_bank",
+    "run",
+    "split_of",
+    "write_benchmark",
+]
