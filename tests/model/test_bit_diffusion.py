@@ -173,3 +173,18 @@ def test_area_loss_weights() -> None:
     assert w_half[0, 0, 0] > w_half[0, 1, 1]
     with pytest.raises(ValueError):
         area_loss_weights(cls, inst, power=-1)
+
+
+def test_pack_matches_bit_layout_and_round_trips() -> None:
+    codec = PanopticBitCodec(class_bits=3, instance_bits=4)
+    cls, ins = torch.meshgrid(torch.arange(8), torch.arange(16), indexing="ij")
+    ids = codec.pack(cls, ins)
+    assert len(ids.unique()) == 128 and int(ids.max()) == 127
+    # the packed id's digits are exactly the bit channels (class digits first)
+    assert torch.equal(int_to_bits(ids, 7).movedim(-1, 0), codec.encode_bits(cls[None], ins[None])[0])
+    got_cls, got_ins = codec.unpack(ids)
+    assert torch.equal(got_cls, cls) and torch.equal(got_ins, ins)
+    with pytest.raises(ValueError, match=r"instance map values must lie in \[0, 15\]"):
+        codec.pack(cls, ins + 1)
+    with pytest.raises(ValueError, match="packed panoptic ids"):
+        codec.unpack(torch.tensor([128]))

@@ -149,6 +149,43 @@ class PanopticBitCodec:
         digits = bits.movedim(-3, -1)
         return bits_to_int(digits[..., : self.class_bits]), bits_to_int(digits[..., self.class_bits :])
 
+    def pack(self, class_map: torch.Tensor, instance_map: torch.Tensor) -> torch.Tensor:
+        """(class, instance) maps -> one packed id map ``class * 2**instance_bits + instance``.
+
+        The packed id's ``num_bits`` binary digits are exactly the bit channels of
+        :meth:`encode_bits` (class digits first), so ``panoptic_ids`` is a lossless one-tensor
+        batch format.
+
+        Args:
+            class_map, instance_map: (...) long, within the codec's ranges.
+
+        Returns:
+            (...) long packed ids in ``[0, 2**num_bits)``.
+        """
+        if class_map.shape != instance_map.shape:
+            raise ValueError(
+                f"class map {tuple(class_map.shape)} and instance map {tuple(instance_map.shape)} differ"
+            )
+        for name, values, top in (
+            ("class", class_map, self.max_class_value),
+            ("instance", instance_map, self.max_instance_id),
+        ):
+            if values.numel() and (int(values.min()) < 0 or int(values.max()) > top):
+                raise ValueError(
+                    f"{name} map values must lie in [0, {top}]; got range [{int(values.min())}, {int(values.max())}]"
+                )
+        return (class_map.long() << self.instance_bits) | instance_map.long()
+
+    def unpack(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed ids (...) -> (class_map, instance_map), each (...) long; inverse of :meth:`pack`."""
+        ids = ids.long()
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= (1 << self.num_bits)):
+            raise ValueError(
+                f"packed panoptic ids must lie in [0, {1 << self.num_bits}) for {self.class_bits} class + "
+                f"{self.instance_bits} instance bits; got range [{int(ids.min())}, {int(ids.max())}]"
+            )
+        return ids >> self.instance_bits, ids & self.max_instance_id
+
     def encode(self, class_map: torch.Tensor, instance_map: torch.Tensor) -> torch.Tensor:
         """(class, instance) maps (B, H, W) -> analog bits (B, num_bits, H, W) float in ``{-b, +b}``."""
         return bits_to_analog(self.encode_bits(class_map, instance_map), self.scale)
