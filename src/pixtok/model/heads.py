@@ -1,0 +1,315 @@
+"""PixelLLM's small heads and the losses they train with.
+
+- :class:`TraceHead`: MLP on every decoder state -> one (x, y) point per output token (L1).
+- :class:`BoxHead`: MLP on the EOS decoder state -> the referred box (L1 + GIoU).
+- :class:`ProposalHead`: per-cell objectness + box on the fused image features, CenterNet style:
+  the cell that holds a ground-truth box's centre is responsible for it (focal + L1 + GIoU).
+- the LM loss (label-smoothed cross-entropy with per-token weights) and the mask losses
+  (sigmoid focal + dice) used with SAM's mask decoder.
+
+Every coordinate here is in model space (normalized to the padded square), boxes ``xyxy``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """``num_layers`` Linear layers with ReLU between them.
+
+    Args:
+        input_size: channels in.
+        hidden_size: channels of the hidden layers.
+        output_size: channels out.
+        num_layers: number of Linear layers (>= 1).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_layers: int) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
+        sizes = [input_size] + [hidden_size] * (num_layers - 1) + [output_size]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., input_size) -> (..., output_size)."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+# --- box arithmetic -------------------------------------------------------------------------------
+def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) centre/size -> (..., 4) corners, same units."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+
+
+def box_iou_and_giou(
+    a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise IoU and generalized IoU of two aligned box sets.
+
+    Args:
+        a: (..., 4) xyxy.
+        b: (..., 4) xyxy, same shape as ``a``.
+
+    Returns:
+        (iou, giou), each (...,).
+    """
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = area_a + area_b - inter
+    iou = inter / (union + eps)
+    hull = (
+        (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
+    )
+    giou = iou - (hull - union) / (hull + eps)
+    return iou, giou
+
+
+def box_regression_loss(
+    pred: torch.Tensor, target: torch.Tensor, l1_weight: float, giou_weight: float
+) -> torch.Tensor:
+    """``l1_weight * L1 + giou_weight * (1 - GIoU)``, averaged over boxes.
+
+    Args:
+        pred: (N, 4) xyxy model space.
+        target: (N, 4) xyxy model space; N >= 1.
+    """
+    l1 = (pred - target).abs().sum(-1).mean()
+    _, giou = box_iou_and_giou(pred.float(), target.float())
+    return l1_weight * l1 + giou_weight * (1 - giou).mean()
+
+
+# --- token losses ---------------------------------------------------------------------------------
+def weighted_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """Label-smoothed cross-entropy, weighted per token, normalized by the valid-token weight.
+
+    Args:
+        logits: (B, T, V).
+        labels: (B, T) long, -100 where there is no target.
+        weights: (B, T) float per-token weights (Pix2Seq: 0 on noise coordinates, 0.1 on EOS).
+        label_smoothing: smoothing mass spread over the vocabulary.
+
+    Returns:
+        scalar ``sum(w * ce) / sum(w)`` over tokens with a target (0 when no token has weight).
+    """
+    valid = labels != -100
+    ce = F.cross_entropy(
+        logits.float().flatten(0, 1),
+        labels.clamp(min=0).flatten(),
+        reduction="none",
+        label_smoothing=label_smoothing,
+    ).view_as(labels)
+    w = weights.float() * valid
+    return (ce * w).sum() / w.sum().clamp(min=1e-6)
+
+
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the rows where ``mask`` is true.
+
+    Args:
+        pred: (..., K) predictions.
+        target: (..., K) targets (NaN allowed where ``mask`` is false).
+        mask: (...) bool, at least one true.
+    """
+    diff = (pred.float() - torch.nan_to_num(target.float()))[mask]
+    return diff.abs().mean()
+
+
+# --- mask losses ----------------------------------------------------------------------------------
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """Focal loss (RetinaNet) per element, same shape as ``logits``; targets in {0, 1}."""
+    logits = logits.float()
+    targets = targets.float()
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_t * loss
+
+
+def mask_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Focal (mean over pixels) and dice losses of binary masks.
+
+    Args:
+        logits: (N, H, W) mask logits.
+        targets: (N, H, W) float in [0, 1].
+
+    Returns:
+        (focal, dice) scalars averaged over the N masks.
+    """
+    focal = sigmoid_focal_loss(logits, targets).flatten(1).mean(1).mean()
+    prob = logits.float().sigmoid().flatten(1)
+    t = targets.float().flatten(1)
+    dice = 1 - (2 * (prob * t).sum(1) + 1) / (prob.sum(1) + t.sum(1) + 1)
+    return focal, dice.mean()
+
+
+# --- heads ----------------------------------------------------------------------------------------
+class TraceHead(nn.Module):
+    """Decoder states -> one point per token.
+
+    Args:
+        input_size: decoder width (T5 ``d_model``).
+        hidden_size: MLP hidden width.
+        num_layers: MLP depth.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.mlp = MLP(input_size, hidden_size, 2, num_layers)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, 2) xy in model space, in (0, 1)."""
+        return self.mlp(hidden_states).sigmoid()
+
+
+class BoxHead(nn.Module):
+    """The EOS decoder state -> the referred box.
+
+    Args:
+        input_size: decoder width (T5 ``d_model``).
+        hidden_size: MLP hidden width.
+        num_layers: MLP depth.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.mlp = MLP(input_size, hidden_size, 4, num_layers)
+
+    def forward(self, eos_state: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, 4) xyxy model space (predicted as centre/size in (0, 1), so x0 <= x1)."""
+        return cxcywh_to_xyxy(self.mlp(eos_state).sigmoid())
+
+
+class ProposalHead(nn.Module):
+    """Class-agnostic box proposals on the feature grid (for dense captioning).
+
+    Each of the ``g x g`` cells predicts an objectness logit and one box whose centre lies inside
+    that cell. Training assigns each ground-truth box to the cell holding its centre.
+
+    Args:
+        in_channels: channels of the fused image features.
+        hidden_size: channels of the two 3x3 convolutions.
+    """
+
+    def __init__(self, in_channels: int, hidden_size: int) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Conv2d(in_channels, hidden_size, 3, padding=1),
+            nn.GroupNorm(1, hidden_size),
+            nn.ReLU(),
+            nn.Conv2d(hidden_size, hidden_size, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.objectness = nn.Conv2d(hidden_size, 1, 1)
+        self.box = nn.Conv2d(hidden_size, 4, 1)
+        nn.init.constant_(self.objectness.bias, -4.6)  # prior 0.01, as RetinaNet
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict per cell.
+
+        Args:
+            features: (B, C, g, g) fused image features.
+
+        Returns:
+            objectness logits (B, g*g) and boxes (B, g*g, 4) xyxy model space, cells row-major.
+        """
+        x = self.trunk(features)
+        b, _, g, _ = x.shape
+        logits = self.objectness(x).flatten(1)
+        raw = self.box(x).flatten(2).transpose(1, 2).sigmoid()  # (B, g*g, 4)
+        idx = torch.arange(g * g, device=x.device)
+        col = (idx % g).to(raw.dtype)
+        row = (idx // g).to(raw.dtype)
+        cx = (col + raw[..., 0]) / g
+        cy = (row + raw[..., 1]) / g
+        boxes = cxcywh_to_xyxy(torch.stack([cx, cy, raw[..., 2], raw[..., 3]], dim=-1))
+        return logits, boxes
+
+    @staticmethod
+    def assign(gt_boxes: torch.Tensor, gt_mask: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell targets: each valid ground-truth box goes to the cell holding its centre.
+
+        When two boxes share a cell, the smaller one wins (it is the harder one to find later).
+
+        Args:
+            gt_boxes: (B, N, 4) xyxy model space.
+            gt_mask: (B, N) bool, valid boxes.
+            grid: g.
+
+        Returns:
+            positive (B, g*g) bool and box targets (B, g*g, 4) (zeros on negative cells).
+        """
+        b, n, _ = gt_boxes.shape
+        centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
+        cells = (centres.clamp(0, 1 - 1e-6) * grid).floor().long()
+        cell_index = cells[..., 1] * grid + cells[..., 0]  # (B, N)
+        area = (gt_boxes[..., 2:] - gt_boxes[..., :2]).clamp(min=0).prod(-1)
+        positive = torch.zeros(b, grid * grid, dtype=torch.bool, device=gt_boxes.device)
+        targets = torch.zeros(b, grid * grid, 4, dtype=gt_boxes.dtype, device=gt_boxes.device)
+        order = area.argsort(dim=1, descending=True)  # larger first, smaller overwrite
+        for i in range(b):
+            for j in order[i].tolist():
+                if bool(gt_mask[i, j]):
+                    positive[i, cell_index[i, j]] = True
+                    targets[i, cell_index[i, j]] = gt_boxes[i, j]
+        return positive, targets
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        gt_mask: torch.Tensor,
+        objectness_weight: float,
+        l1_weight: float,
+        giou_weight: float,
+    ) -> torch.Tensor:
+        """Focal objectness over all cells (normalized by positives) + box loss on positive cells.
+
+        Args:
+            logits: (B, g*g) objectness logits.
+            boxes: (B, g*g, 4) predicted xyxy.
+            gt_boxes: (B, N, 4) ground truth xyxy model space.
+            gt_mask: (B, N) bool, at least one true in the batch.
+        """
+        grid = int(round(logits.shape[1] ** 0.5))
+        positive, targets = self.assign(gt_boxes, gt_mask, grid)
+        num_pos = positive.sum().clamp(min=1)
+        focal = sigmoid_focal_loss(logits, positive.to(logits.dtype)).sum() / num_pos
+        box = box_regression_loss(boxes[positive], targets[positive], l1_weight, giou_weight)
+        return objectness_weight * focal + box
+
+
+__all__ = [
+    "MLP",
+    "BoxHead",
+    "ProposalHead",
+    "TraceHead",
+    "box_iou_and_giou",
+    "box_regression_loss",
+    "cxcywh_to_xyxy",
+    "mask_losses",
+    "masked_l1",
+    "sigmoid_focal_loss",
+    "weighted_lm_loss",
+]

@@ -1,0 +1,137 @@
+"""Parameter-efficient tuning of the T5: LoRA through peft, and trainable rows for pixtok's tokens.
+
+PixelLLM tunes Flan-T5 with LoRA (rank 32 on the ``q`` and ``v`` projections) and keeps every other
+T5 weight frozen. pixtok also appends its own tokens (coordinates, classes, noise, tasks) to the
+vocabulary; their embedding rows and LM-head rows start random and must learn even when the T5 is
+frozen. :class:`AddedTokenRows` holds a zero-initialized delta for exactly those rows, so the
+trainable parameter count stays a few percent of the model instead of two full vocabulary matrices.
+
+Merging for inference: :func:`merge_lora` folds ``B @ A * scale`` into every adapted Linear's weight
+(the adapters stay attached but are skipped), :func:`unmerge_lora` subtracts it again. Merged and
+unmerged outputs agree to float rounding. Merge before benchmarking or exporting; unmerge before
+training again.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+ADAPTER_NAME = "default"
+
+
+def apply_lora(
+    text_model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str]
+) -> nn.Module:
+    """Inject LoRA adapters into the T5 (in place) and return it.
+
+    Only ``text_model`` is walked, so the image towers can never be hit whatever the target names.
+
+    Args:
+        text_model: the ``T5ForConditionalGeneration``.
+        r: LoRA rank (> 0).
+        alpha: LoRA alpha (update scaled by ``alpha / r``).
+        dropout: dropout on the adapter input.
+        target_modules: names of the T5 Linear layers to adapt (``["q", "v"]``).
+
+    Raises:
+        ValueError: ``r`` is not positive, or no Linear layer matches ``target_modules``.
+    """
+    if r <= 0:
+        raise ValueError(f"LoRA rank must be positive, got {r}")
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in text_model.named_modules()
+        if isinstance(module, nn.Linear)
+    }
+    if not names.intersection(target_modules):
+        raise ValueError(
+            f"no T5 Linear layer is named like {target_modules}; T5 Linear names: {sorted(names)}"
+        )
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none"
+    )
+    return inject_adapter_in_model(config, text_model, adapter_name=ADAPTER_NAME)
+
+
+def lora_layers(model: nn.Module) -> list[LoraLayer]:
+    """Every peft LoRA layer inside ``model``."""
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA update into its base weight (idempotent); returns the number of layers merged."""
+    count = 0
+    for layer in lora_layers(model):
+        if not layer.merged:
+            layer.merge()
+            count += 1
+    return count
+
+
+def unmerge_lora(model: nn.Module) -> int:
+    """Undo :func:`merge_lora`; returns the number of layers unmerged."""
+    count = 0
+    for layer in lora_layers(model):
+        if layer.merged:
+            layer.unmerge()
+            count += 1
+    return count
+
+
+def lm_head_input_scale(text_config) -> float:
+    """Factor T5 applies to the last decoder state before its LM head (``d_model ** -0.5`` or 1).
+
+    transformers >= 5 reads ``scale_decoder_outputs``; older T5 configs tie it to
+    ``tie_word_embeddings``.
+    """
+    scaled = getattr(text_config, "scale_decoder_outputs", text_config.tie_word_embeddings)
+    return text_config.d_model**-0.5 if scaled else 1.0
+
+
+class AddedTokenRows(nn.Module):
+    """Trainable deltas for the embedding and LM-head rows of the tokens pixtok appends.
+
+    The frozen T5 holds all ``vocab_size`` rows; ids ``>= base_vocab_size`` get
+    ``embedding_delta[id - base_vocab_size]`` added to their embedding and the logits of those ids
+    get ``scaled_state @ head_delta.T`` added. Both deltas start at zero.
+
+    Args:
+        base_vocab_size: first id pixtok adds.
+        vocab_size: total ids (the T5's ``vocab_size``).
+        hidden_size: T5 ``d_model``.
+    """
+
+    def __init__(self, base_vocab_size: int, vocab_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.base_vocab_size = base_vocab_size
+        num_added = vocab_size - base_vocab_size
+        self.embedding_delta = nn.Parameter(torch.zeros(num_added, hidden_size))
+        self.head_delta = nn.Parameter(torch.zeros(num_added, hidden_size))
+
+    def embed(self, input_ids: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids and their (B, L, D) base embeddings -> embeddings with the deltas added."""
+        offset = input_ids - self.base_vocab_size
+        added = offset >= 0
+        delta = self.embedding_delta.to(embeddings.dtype)[offset.clamp(min=0)]
+        return embeddings + delta * added.unsqueeze(-1).to(embeddings.dtype)
+
+    def logits(self, scaled_states: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) LM-head inputs and their (B, T, V) logits -> logits with the added rows' deltas."""
+        extra = scaled_states @ self.head_delta.to(scaled_states.dtype).T
+        return torch.cat(
+            [logits[..., : self.base_vocab_size], logits[..., self.base_vocab_size :] + extra], dim=-1
+        )
+
+
+__all__ = [
+    "ADAPTER_NAME",
+    "AddedTokenRows",
+    "apply_lora",
+    "lm_head_input_scale",
+    "lora_layers",
+    "merge_lora",
+    "unmerge_lora",
+]

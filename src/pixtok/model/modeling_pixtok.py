@@ -1,0 +1,951 @@
+"""The PixelLLM-shaped pixtok model.
+
+Reading order (one batch, shapes as in ``docs/ARCHITECTURE.md``)::
+
+    pixel_values (B,3,S,S), eva_pixel_values (B,3,E,E)
+        -> DualTower -> sam (B,C,g,g), fused (B,C+D_eva,g,g)
+    prompt_coords (B,2,2), prompt_labels (B,2)  (none: the whole-image box)
+        -> SAM prompt encoder -> sparse (B,2,C), dense (B,C,g,g), image_pe (1,C,g,g)
+        -> prompt feature extractor (two-way transformer, 32 learnable tokens) -> prefix (B,32,d_model)
+    input_ids (B,Lp) -> T5 token embeddings; encoder input = prefix ++ text  (PrefixLM)
+        -> T5 encoder -> T5 decoder (labels shifted right) -> logits (B,T,V), states (B,T,d_model)
+    heads: LM (label-smoothed, weighted CE) | trace MLP per state -> points (B,T,2)
+           | box MLP at the EOS state -> pred_boxes (B,4) | SAM mask decoder prompted with the box
+           (+ a learnable embedding) -> pred_masks (B,1,4g,4g) | proposal head on fused -> boxes
+
+Every coordinate is in model space (normalized to the padded square), boxes ``xyxy``.
+
+:class:`PixtokModel` is the backbone (towers, prompt path, T5 with its LM head);
+:class:`PixtokForConditionalGeneration` adds the heads, the losses and :meth:`generate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import ModelOutput
+
+from .configuration_pixtok import PixtokConfig
+from .decoding import GenerationOptions, decode, grammar_for
+from .eva02 import load_timm_eva02
+from .heads import (
+    BoxHead,
+    ProposalHead,
+    TraceHead,
+    box_regression_loss,
+    mask_losses,
+    masked_l1,
+    weighted_lm_loss,
+)
+from .lora import AddedTokenRows, apply_lora, lm_head_input_scale, merge_lora, unmerge_lora
+from .prompt_extractor import PixtokPromptExtractor
+from .sam import SamMaskDecoder, SamPromptEncoder, load_sam_weights, load_state_dict_checked
+from .towers import DualTower, VisionFeatures
+from .vocab import DECODER_START_ID, EOS_ID, PAD_ID, TASKS, task_index
+
+_BOX_LABELS = (2, 3)  # SAM labels of a box's top-left / bottom-right corners
+_COORD_TOLERANCE = 1e-4
+
+
+@dataclass
+class PixtokModelOutput(ModelOutput):
+    """Output of :class:`PixtokModel`.
+
+    Attributes:
+        logits: (B, T, V) LM logits, or `None` when no decoder input was given.
+        decoder_hidden_states: (B, T, d_model) last decoder states (after T5's final norm).
+        encoder_last_hidden_state: (B, num_tokens + Lp, d_model).
+        encoder_attention_mask: (B, num_tokens + Lp) long.
+        image_embeddings: (B, C, g, g) SAM features (mask decoder input).
+        fused_features: (B, C + D_eva, g, g) both towers on one grid.
+        prompt_tokens: (B, num_tokens, d_model) the extractor's visual prefix.
+        past_key_values: the decoder cache when ``use_cache``.
+    """
+
+    logits: torch.Tensor | None = None
+    decoder_hidden_states: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_attention_mask: torch.Tensor | None = None
+    image_embeddings: torch.Tensor | None = None
+    fused_features: torch.Tensor | None = None
+    prompt_tokens: torch.Tensor | None = None
+    past_key_values: Any = None
+
+
+@dataclass
+class PixtokOutput(ModelOutput):
+    """Output of :meth:`PixtokForConditionalGeneration.forward`.
+
+    Each ``*_loss`` is `None` when its head had no (unmasked) targets; ``loss`` is their weighted sum.
+
+    Attributes:
+        loss: scalar total.
+        lm_loss, trace_loss, box_loss, mask_loss, proposal_loss: scalars or `None`.
+        logits: (B, T, V).
+        points: (B, T, 2) xy model space, one per decoder position.
+        pred_boxes: (B, 4) xyxy model space, from the EOS state.
+        pred_masks: (B, 1, 4g, 4g) mask logits (only when mask targets were given).
+        proposal_logits: (B, g*g) objectness logits (only with proposal targets).
+        proposal_boxes: (B, g*g, 4) xyxy model space (only with proposal targets).
+        encoder_last_hidden_state: (B, num_tokens + Lp, d_model).
+    """
+
+    loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    trace_loss: torch.Tensor | None = None
+    box_loss: torch.Tensor | None = None
+    mask_loss: torch.Tensor | None = None
+    proposal_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    pred_masks: torch.Tensor | None = None
+    proposal_logits: torch.Tensor | None = None
+    proposal_boxes: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+
+
+@dataclass
+class PixtokGenerateOutput(ModelOutput):
+    """Output of :meth:`PixtokForConditionalGeneration.generate` (``docs/ARCHITECTURE.md``).
+
+    For ``dense_caption`` B' = B * K (image-major: rows ``i*K .. i*K+K-1`` caption image ``i``'s
+    proposals); otherwise B' = B.
+
+    Attributes:
+        sequences: (B', T) long generated ids without the start token, 0 after EOS.
+        token_scores: (B', T) float probability of each chosen token under the grammar-masked softmax.
+        points: (B', T, 2) xy model space, the trace head on every generated state.
+        boxes: (B', 4) xyxy model space from the box head at the EOS state (`referring`), else `None`.
+        masks: (B', 4g, 4g) mask logits (`referring`), else `None`.
+        proposals: (B, K, 4) xyxy model space (`dense_caption`), else `None`.
+        proposal_scores: (B, K) objectness probabilities (`dense_caption`), else `None`.
+        task_ids: (B,) long, passed through.
+        image_sizes: (B, 2) long original (h, w), passed through.
+    """
+
+    sequences: torch.Tensor | None = None
+    token_scores: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    proposals: torch.Tensor | None = None
+    proposal_scores: torch.Tensor | None = None
+    task_ids: torch.Tensor | None = None
+    image_sizes: torch.Tensor | None = None
+
+
+class PixtokPreTrainedModel(PreTrainedModel):
+    """Shared capabilities and weight initialization of the pixtok models."""
+
+    config_class = PixtokConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["T5Block", "SamVisionLayer", "EvaBlock", "SamTwoWayAttentionBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Init pixtok's own layers; T5 initializes itself (it is a ``PreTrainedModel`` child)."""
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            if module.weight is not None:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, PixtokPromptExtractor):
+            nn.init.normal_(module.tokens, std=0.02)
+        elif isinstance(module, ProposalHead):
+            nn.init.constant_(module.objectness.bias, -4.6)  # objectness prior 0.01
+        elif isinstance(module, AddedTokenRows):
+            nn.init.zeros_(module.embedding_delta)
+            nn.init.zeros_(module.head_delta)
+        elif isinstance(module, PixtokForConditionalGeneration):
+            nn.init.zeros_(module.mask_prompt_embed)
+
+
+def _parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+class PixtokModel(PixtokPreTrainedModel):
+    """Towers, prompt path and the T5 (with its LM head): everything but the task heads.
+
+    Args:
+        config: a :class:`PixtokConfig`.
+    """
+
+    def __init__(self, config: PixtokConfig) -> None:
+        super().__init__(config)
+        self.towers = DualTower(config.vision_config, config.eva_config)
+        self.prompt_encoder = SamPromptEncoder(config.prompt_encoder_config, config.vision_config)
+        text_config = config.text_config
+        self.extractor = PixtokPromptExtractor(
+            config.extractor_config,
+            image_channels=self.towers.fused_channels,
+            prompt_channels=self.prompt_encoder.hidden_size,
+            output_size=text_config.d_model,
+        )
+        self.text_model = T5ForConditionalGeneration(text_config)
+        self.added_tokens = (
+            AddedTokenRows(config.base_vocab_size, text_config.vocab_size, text_config.d_model)
+            if config.freeze_text_model
+            else None
+        )
+        self.post_init()
+        if config.lora_r > 0:
+            apply_lora(
+                self.text_model,
+                config.lora_r,
+                config.lora_alpha,
+                config.lora_dropout,
+                config.lora_target_modules,
+            )
+        self.apply_freeze_policy()
+
+    # --- parameters -------------------------------------------------------------------------------
+    def apply_freeze_policy(self) -> None:
+        """Set ``requires_grad`` from the config: towers frozen when ``freeze_towers``; the T5 frozen
+        when ``freeze_text_model`` except its LoRA adapters; everything else trainable."""
+        for p in self.parameters():
+            p.requires_grad_(True)
+        if self.config.freeze_towers:
+            self.towers.requires_grad_(False)
+        # pixtok never prompts SAM with a mask: its mask embedding gets no gradient
+        self.prompt_encoder.prompt_encoder.mask_embed.requires_grad_(False)
+        # SAM's random Fourier features are fixed (a buffer in segment-anything)
+        self.prompt_encoder.prompt_encoder.shared_embedding.requires_grad_(False)
+        if self.config.freeze_text_model:
+            for name, p in self.text_model.named_parameters():
+                p.requires_grad_("lora_" in name)
+
+    # --- inputs -----------------------------------------------------------------------------------
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, d_model) T5 embeddings (with the added-token deltas when frozen)."""
+        vocab_size = self.config.text_config.vocab_size
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {vocab_size}) (the pixtok vocabulary), got range "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        embeddings = self.text_model.get_input_embeddings()(input_ids)
+        if self.added_tokens is not None:
+            embeddings = self.added_tokens.embed(input_ids, embeddings)
+        return embeddings
+
+    def default_prompt(
+        self, batch_size: int, image_sizes: torch.Tensor | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole-image box prompt: (B, 2, 2) corners of the unpadded content, (B, 2) labels (2, 3).
+
+        Args:
+            batch_size: B.
+            image_sizes: optional (B, 2) original (h, w); without it the whole padded square.
+        """
+        coords = torch.zeros(batch_size, 2, 2, device=device)
+        if image_sizes is not None:
+            sizes = image_sizes.to(device=device, dtype=torch.float32)
+            long_side = sizes.max(dim=1).values.clamp(min=1)
+            coords[:, 1, 0] = sizes[:, 1] / long_side
+            coords[:, 1, 1] = sizes[:, 0] / long_side
+        else:
+            coords[:, 1] = 1.0
+        labels = torch.tensor(_BOX_LABELS, device=device).expand(batch_size, 2).clone()
+        return coords, labels
+
+    @staticmethod
+    def check_prompt(prompt_coords: torch.Tensor, prompt_labels: torch.Tensor) -> None:
+        """Raise a ValueError unless every real prompt point lies in model space ``[0, 1]``."""
+        if prompt_coords.ndim != 3 or prompt_coords.shape[-1] != 2:
+            raise ValueError(
+                f"prompt_coords must have shape (batch, 2, 2) xy in model space, got {tuple(prompt_coords.shape)}"
+            )
+        real = prompt_labels != -1
+        values = prompt_coords[real]
+        if values.numel() and (
+            not torch.isfinite(values).all()
+            or values.min() < -_COORD_TOLERANCE
+            or values.max() > 1 + _COORD_TOLERANCE
+        ):
+            raise ValueError(
+                "prompt_coords must lie in model space [0, 1] (pixels / max(h, w) of the original image); "
+                f"got values in [{values.min().item():.4g}, {values.max().item():.4g}] — is the prompt box "
+                "outside the image, or given in pixels?"
+            )
+
+    def encode_images(self, pixel_values: torch.Tensor, eva_pixel_values: torch.Tensor) -> VisionFeatures:
+        """Both towers (without autograd when they are frozen).
+
+        Args:
+            pixel_values: (B, 3, S, S) SAM-normalized.
+            eva_pixel_values: (B, 3, E, E) CLIP-normalized.
+        """
+        if pixel_values is None or eva_pixel_values is None:
+            raise ValueError(
+                "pixtok needs both pixel_values (B, 3, S, S) and eva_pixel_values (B, 3, E, E), as "
+                "PixtokProcessor returns them"
+            )
+        trainable = any(p.requires_grad for p in self.towers.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            return self.towers(pixel_values, eva_pixel_values)
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        eva_pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prompt_coords: torch.Tensor | None = None,
+        prompt_labels: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        features: VisionFeatures | None = None,
+    ) -> tuple[BaseModelOutput, torch.Tensor, VisionFeatures, torch.Tensor]:
+        """Images + prompt + text prompt -> T5 encoder states.
+
+        Args:
+            pixel_values, eva_pixel_values: tower inputs (ignored when ``features`` is given).
+            input_ids: (B, Lp) encoder text prompt (task token + text), optional.
+            attention_mask: (B, Lp) for ``input_ids``.
+            prompt_coords: (B, N, 2) xy model space; `None` -> the whole-image box.
+            prompt_labels: (B, N) SAM labels (box: 2, 3; point: 1, -1 padding).
+            image_sizes: (B, 2) original (h, w), used for the default prompt.
+            features: precomputed tower features (e.g. cached, or repeated per proposal).
+
+        Returns:
+            (encoder output, encoder attention mask (B, num_tokens + Lp), tower features,
+            prefix tokens (B, num_tokens, d_model)).
+        """
+        if features is None:
+            features = self.encode_images(pixel_values, eva_pixel_values)
+        batch, device = features.fused.shape[0], features.fused.device
+        if prompt_coords is None:
+            prompt_coords, prompt_labels = self.default_prompt(batch, image_sizes, device)
+        elif prompt_labels is None:
+            raise ValueError("prompt_coords was given without prompt_labels (box: (2, 3); point: (1, -1))")
+        if prompt_coords.shape[0] != batch:
+            raise ValueError(f"prompt_coords holds {prompt_coords.shape[0]} prompts for {batch} images")
+        self.check_prompt(prompt_coords, prompt_labels)
+        sparse, dense = self.prompt_encoder(prompt_coords.to(device), prompt_labels.to(device))
+        image_pe = self.prompt_encoder.image_pe()
+        prefix = self.extractor(features.fused, image_pe, sparse, dense)
+        prefix_mask = torch.ones(batch, prefix.shape[1], dtype=torch.long, device=device)
+        if input_ids is not None:
+            if input_ids.shape[0] != batch:
+                raise ValueError(f"input_ids holds {input_ids.shape[0]} rows for {batch} images")
+            text = self.embed_tokens(input_ids.to(device)).to(prefix.dtype)
+            text_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            inputs_embeds = torch.cat([prefix, text], dim=1)
+            mask = torch.cat([prefix_mask, text_mask.to(device=device, dtype=torch.long)], dim=1)
+        else:
+            inputs_embeds, mask = prefix, prefix_mask
+        encoder = self.text_model.get_encoder()
+        encoder_outputs = encoder(inputs_embeds=inputs_embeds, attention_mask=mask, return_dict=True)
+        return encoder_outputs, mask, features, prefix
+
+    def decode(
+        self,
+        encoder_outputs: BaseModelOutput,
+        encoder_attention_mask: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Run the T5 decoder and its LM head.
+
+        Args:
+            encoder_outputs: from :meth:`encode`.
+            encoder_attention_mask: (B, Le).
+            decoder_input_ids: (B, T) (T = 1 per step when decoding with a cache).
+            past_key_values: the cache of previous steps, or `None`.
+            use_cache: return the updated cache.
+
+        Returns:
+            logits (B, T, V), last decoder states (B, T, d_model), cache.
+        """
+        embeds = self.embed_tokens(decoder_input_ids)
+        out = self.text_model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=encoder_attention_mask,
+            decoder_inputs_embeds=embeds.to(encoder_outputs.last_hidden_state.dtype),
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        states = out.decoder_hidden_states[-1]
+        logits = out.logits
+        if self.added_tokens is not None:
+            scale = lm_head_input_scale(self.config.text_config)
+            logits = self.added_tokens.logits(states * scale, logits)
+        return logits, states, out.past_key_values
+
+    def load_t5(self, name_or_path: str | Path) -> None:
+        """Copy a pretrained T5 into ``self.text_model`` (LoRA adapters keep their init).
+
+        The pretrained embedding / LM head rows ``[0, base_vocab_size)`` are copied; pixtok's added rows
+        keep their random init (the T5 checkpoint may have more padding rows than the tokenizer: those
+        are dropped).
+        """
+        source = T5ForConditionalGeneration.from_pretrained(str(name_or_path), dtype=torch.float32)
+        own = self.text_model.state_dict()
+        base = self.config.base_vocab_size
+        mapped: dict[str, torch.Tensor] = {}
+        unexpected = []
+        by_plain_name = {key.replace(".base_layer", ""): key for key in own if "lora_" not in key}
+        for key, tensor in source.state_dict().items():
+            target = by_plain_name.get(key)
+            if target is None:
+                unexpected.append(key)
+                continue
+            if key in (
+                "shared.weight",
+                "lm_head.weight",
+                "encoder.embed_tokens.weight",
+                "decoder.embed_tokens.weight",
+            ):
+                if tensor.shape[0] < base:
+                    raise ValueError(
+                        f"T5 checkpoint {name_or_path} has {tensor.shape[0]} vocabulary rows, fewer than the "
+                        f"config's base_vocab_size {base}"
+                    )
+                rows = own[target].clone()
+                rows[:base] = tensor[:base]
+                tensor = rows
+            mapped[target] = tensor
+        wanted = {key for key in own if "lora_" not in key}
+        missing = sorted(wanted - set(mapped))
+        shapes = [
+            f"{key}: expected {tuple(own[key].shape)}, got {tuple(t.shape)}"
+            for key, t in mapped.items()
+            if tuple(own[key].shape) != tuple(t.shape)
+        ]
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"T5 checkpoint {name_or_path} does not match the config's text_config: missing keys {missing[:20]}, "
+                f"unexpected keys {sorted(unexpected)[:20]}, shape mismatches {shapes[:20]}"
+            )
+        self.text_model.load_state_dict(mapped, strict=False)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        eva_pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prompt_coords: torch.Tensor | None = None,
+        prompt_labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> PixtokModelOutput:
+        """Encode and (when ``labels`` or ``decoder_input_ids`` are given) decode.
+
+        Args:
+            pixel_values: (B, 3, S, S); eva_pixel_values: (B, 3, E, E).
+            input_ids, attention_mask: (B, Lp) encoder text prompt.
+            prompt_coords: (B, 2, 2) xy model space; prompt_labels: (B, 2).
+            decoder_input_ids: (B, T); defaults to ``labels`` shifted right (start id 0).
+            labels: (B, T) decoder targets, -100 on padding.
+            image_sizes: (B, 2) original (h, w); task_ids: (B,) — accepted, unused here.
+        """
+        encoder_outputs, mask, features, prefix = self.encode(
+            pixel_values,
+            eva_pixel_values,
+            input_ids,
+            attention_mask,
+            prompt_coords,
+            prompt_labels,
+            image_sizes,
+        )
+        if decoder_input_ids is None and labels is not None:
+            decoder_input_ids = shift_right(labels)
+        logits = states = None
+        if decoder_input_ids is not None:
+            logits, states, _ = self.decode(encoder_outputs, mask, decoder_input_ids)
+        return PixtokModelOutput(
+            logits=logits,
+            decoder_hidden_states=states,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=mask,
+            image_embeddings=features.sam,
+            fused_features=features.fused,
+            prompt_tokens=prefix,
+        )
+
+
+def shift_right(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels -> decoder inputs: start id prepended, last dropped, -100 -> pad."""
+    start = torch.full_like(labels[:, :1], DECODER_START_ID)
+    shifted = torch.cat([start, labels[:, :-1]], dim=1)
+    return shifted.masked_fill(shifted == -100, PAD_ID)
+
+
+def eos_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels -> (B,) index of the first EOS target (the last target when there is none)."""
+    positions = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+    big = labels.shape[1]
+    first_eos = torch.where(labels == EOS_ID, positions, big).min(dim=1).values
+    last_valid = torch.where(labels != -100, positions, -1).max(dim=1).values.clamp(min=0)
+    return torch.where(first_eos < big, first_eos, last_valid)
+
+
+class PixtokForConditionalGeneration(PixtokPreTrainedModel):
+    """:class:`PixtokModel` plus PixelLLM's heads, their losses and grammar-constrained generation.
+
+    Args:
+        config: a :class:`PixtokConfig`.
+    """
+
+    _checkpoint_conversion_mapping: dict[str, str] = {}
+
+    def __init__(self, config: PixtokConfig) -> None:
+        super().__init__(config)
+        self.model = PixtokModel(config)
+        d_model = config.text_config.d_model
+        self.trace_head = TraceHead(d_model, config.trace_head_hidden_size, config.trace_head_num_layers)
+        self.box_head = BoxHead(d_model, config.box_head_hidden_size, config.box_head_num_layers)
+        self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
+        # pixtok asks SAM for one mask and never reads its IoU estimate
+        self.mask_decoder.mask_decoder.iou_prediction_head.requires_grad_(False)
+        self.mask_prompt_embed = nn.Parameter(torch.zeros(1, 1, config.mask_decoder_config.hidden_size))
+        self.proposal_head = ProposalHead(self.model.towers.fused_channels, config.proposal_head_hidden_size)
+        self.post_init()
+        self.model.apply_freeze_policy()
+        self.mask_decoder.mask_decoder.iou_prediction_head.requires_grad_(False)
+
+    # --- conveniences -----------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.text_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.text_model.get_output_embeddings()
+
+    def merge_lora(self) -> int:
+        """Fold LoRA into the T5 weights for inference (see ``lora.py``); returns layers merged."""
+        return merge_lora(self.model.text_model)
+
+    def unmerge_lora(self) -> int:
+        """Undo :meth:`merge_lora` before training again; returns layers unmerged."""
+        return unmerge_lora(self.model.text_model)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part (``sam``, ``eva02``, ``text``, ``lora``, ``other``, ``total``, ``trainable``)."""
+        text = self.model.text_model
+        lora = sum(p.numel() for n, p in text.named_parameters() if "lora_" in n)
+        counts = {
+            "sam": _parameter_count(self.model.towers.sam),
+            "eva02": _parameter_count(self.model.towers.eva),
+            "text": _parameter_count(text) - lora,
+            "lora": lora,
+            "total": _parameter_count(self),
+            "trainable": _parameter_count(self, trainable_only=True),
+        }
+        counts["other"] = counts["total"] - counts["sam"] - counts["eva02"] - counts["text"] - lora
+        return counts
+
+    def print_trainable_parameters(self) -> str:
+        """Print (and return) ``trainable params: N || all params: M || trainable%: P`` as peft does."""
+        counts = self.parameter_counts()
+        line = (
+            f"trainable params: {counts['trainable']:,d} || all params: {counts['total']:,d} || "
+            f"trainable%: {100 * counts['trainable'] / max(counts['total'], 1):.4f}"
+        )
+        print(line)
+        return line
+
+    # --- heads --------------------------------------------------------------------------------------
+    def predict_masks(self, image_embeddings: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """SAM's mask decoder prompted with boxes (+ the learnable prompt embedding).
+
+        Args:
+            image_embeddings: (B, C, g, g) SAM features.
+            boxes: (B, 4) xyxy model space (clamped to [0, 1]).
+
+        Returns:
+            (B, 1, 4g, 4g) mask logits over the padded square.
+        """
+        corners = boxes.detach().float().clamp(0, 1).view(-1, 2, 2)
+        labels = torch.tensor(_BOX_LABELS, device=boxes.device).expand(boxes.shape[0], 2)
+        sparse, dense = self.model.prompt_encoder(corners, labels)
+        sparse = sparse + self.mask_prompt_embed.to(sparse.dtype)
+        masks, _ = self.mask_decoder(image_embeddings, self.model.prompt_encoder.image_pe(), sparse, dense)
+        return masks
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        eva_pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prompt_coords: torch.Tensor | None = None,
+        prompt_labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        label_weights: torch.Tensor | None = None,
+        point_targets: torch.Tensor | None = None,
+        point_mask: torch.Tensor | None = None,
+        box_targets: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        mask_targets: torch.Tensor | None = None,
+        mask_valid: torch.Tensor | None = None,
+        proposal_boxes: torch.Tensor | None = None,
+        proposal_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> PixtokOutput:
+        """Run the model and, for every head whose targets are given, its loss.
+
+        Args:
+            pixel_values: (B, 3, S, S); eva_pixel_values: (B, 3, E, E).
+            input_ids, attention_mask: (B, Lp) encoder text prompt.
+            prompt_coords: (B, 2, 2) xy model space; prompt_labels: (B, 2).
+            decoder_input_ids: (B, T), defaults to ``labels`` shifted right.
+            labels: (B, T) long targets, -100 on padding.
+            label_weights: (B, T) per-token weights; default 1, ``config.eos_weight`` on EOS.
+            point_targets, point_mask: (B, T, 2) xy model space, (B, T) bool — trace head.
+            box_targets, box_mask: (B, 4) xyxy model space, (B,) bool — box head (EOS state).
+            mask_targets, mask_valid: (B, 4g, 4g) in [0, 1], (B,) bool — mask decoder, prompted
+                with ``box_targets`` on rows with ``box_mask`` (teacher forcing), else the predicted box.
+            proposal_boxes, proposal_mask: (B, N, 4) xyxy model space, (B, N) bool — proposal head.
+            task_ids, image_sizes: accepted for the processor's batches (``image_sizes`` sizes the
+                default prompt).
+
+        Returns:
+            :class:`PixtokOutput`.
+        """
+        config = self.config
+        base = self.model(
+            pixel_values=pixel_values,
+            eva_pixel_values=eva_pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            prompt_coords=prompt_coords,
+            prompt_labels=prompt_labels,
+            decoder_input_ids=decoder_input_ids,
+            labels=labels,
+            image_sizes=image_sizes,
+        )
+        logits, states = base.logits, base.decoder_hidden_states
+        losses: dict[str, torch.Tensor] = {}
+        points = pred_boxes = pred_masks = proposal_logits = proposal_pred = None
+
+        if states is not None:
+            points = self.trace_head(states)
+            if labels is not None:
+                eos_state = states[torch.arange(states.shape[0], device=states.device), eos_positions(labels)]
+            else:
+                eos_state = states[:, -1]
+            pred_boxes = self.box_head(eos_state)
+        if labels is not None and logits is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"labels {tuple(labels.shape)} do not match the decoder length {tuple(logits.shape[:2])}"
+                )
+            if label_weights is None:
+                label_weights = torch.where(labels == EOS_ID, config.eos_weight, 1.0).to(logits.dtype)
+            if bool((labels != -100).any()):
+                losses["lm_loss"] = config.lm_loss_weight * weighted_lm_loss(
+                    logits, labels, label_weights, config.label_smoothing
+                )
+        if point_targets is not None and points is not None:
+            mask = point_mask.bool() if point_mask is not None else torch.isfinite(point_targets).all(-1)
+            mask = mask & torch.isfinite(point_targets).all(-1)
+            if bool(mask.any()):
+                losses["trace_loss"] = config.trace_loss_weight * masked_l1(points, point_targets, mask)
+        if box_targets is not None and pred_boxes is not None:
+            rows = (
+                box_mask.bool()
+                if box_mask is not None
+                else torch.ones(box_targets.shape[0], dtype=torch.bool, device=box_targets.device)
+            )
+            if bool(rows.any()):
+                losses["box_loss"] = box_regression_loss(
+                    pred_boxes[rows],
+                    box_targets[rows].to(pred_boxes.dtype),
+                    config.box_l1_weight,
+                    config.box_giou_weight,
+                )
+        if mask_targets is not None:
+            valid = (
+                mask_valid.bool()
+                if mask_valid is not None
+                else torch.ones(mask_targets.shape[0], dtype=torch.bool, device=mask_targets.device)
+            )
+            if bool(valid.any()):
+                prompt_boxes = self._mask_prompt_boxes(
+                    pred_boxes, box_targets, box_mask, mask_targets.shape[0]
+                )
+                pred_masks = self.predict_masks(base.image_embeddings, prompt_boxes)
+                logits_m = pred_masks[:, 0]
+                if logits_m.shape[-2:] != mask_targets.shape[-2:]:
+                    raise ValueError(
+                        f"mask_targets must be (B, {logits_m.shape[-2]}, {logits_m.shape[-1]}) (the mask decoder's "
+                        f"resolution), got {tuple(mask_targets.shape)}"
+                    )
+                focal, dice = mask_losses(logits_m[valid], mask_targets[valid])
+                losses["mask_loss"] = config.mask_focal_weight * focal + config.mask_dice_weight * dice
+        if proposal_boxes is not None:
+            valid = (
+                proposal_mask.bool()
+                if proposal_mask is not None
+                else torch.ones(proposal_boxes.shape[:2], dtype=torch.bool, device=proposal_boxes.device)
+            )
+            if bool(valid.any()):
+                proposal_logits, proposal_pred = self.proposal_head(base.fused_features)
+                losses["proposal_loss"] = self.proposal_head.loss(
+                    proposal_logits,
+                    proposal_pred,
+                    proposal_boxes.to(proposal_pred.dtype),
+                    valid,
+                    config.proposal_objectness_weight,
+                    config.proposal_l1_weight,
+                    config.proposal_giou_weight,
+                )
+        loss = sum(losses.values()) if losses else None
+        return PixtokOutput(
+            loss=loss,
+            lm_loss=losses.get("lm_loss"),
+            trace_loss=losses.get("trace_loss"),
+            box_loss=losses.get("box_loss"),
+            mask_loss=losses.get("mask_loss"),
+            proposal_loss=losses.get("proposal_loss"),
+            logits=logits,
+            points=points,
+            pred_boxes=pred_boxes,
+            pred_masks=pred_masks,
+            proposal_logits=proposal_logits,
+            proposal_boxes=proposal_pred,
+            encoder_last_hidden_state=base.encoder_last_hidden_state,
+        )
+
+    @staticmethod
+    def _mask_prompt_boxes(
+        pred_boxes: torch.Tensor | None,
+        box_targets: torch.Tensor | None,
+        box_mask: torch.Tensor | None,
+        batch: int,
+    ) -> torch.Tensor:
+        """Ground-truth boxes where known (teacher forcing), else the box head's prediction."""
+        if box_targets is None:
+            if pred_boxes is None:
+                raise ValueError(
+                    "mask_targets need box_targets or decoder labels (the box prompt comes from one of them)"
+                )
+            return pred_boxes
+        known = (
+            box_mask.bool()
+            if box_mask is not None
+            else torch.ones(batch, dtype=torch.bool, device=box_targets.device)
+        )
+        if pred_boxes is None:
+            if not bool(known.all()):
+                raise ValueError(
+                    "mask_targets without decoder labels need a valid box_targets row for every image"
+                )
+            return box_targets
+        return torch.where(known[:, None], box_targets.to(pred_boxes.dtype), pred_boxes)
+
+    # --- generation -----------------------------------------------------------------------------------
+    def _task_of(self, task_ids: torch.Tensor | None, input_ids: torch.Tensor | None) -> str:
+        """The batch's one task, from ``task_ids`` or the task token leading ``input_ids``."""
+        if task_ids is not None:
+            unique = torch.unique(task_ids).tolist()
+            if len(unique) != 1:
+                raise ValueError(
+                    f"generate needs one task per batch, got task_ids {unique}; split the batch by task"
+                )
+            if not 0 <= unique[0] < len(TASKS):
+                raise ValueError(f"task_ids must index {TASKS}, got {unique[0]}")
+            return TASKS[unique[0]]
+        if input_ids is not None and input_ids.numel():
+            vocab = self.config.vocab
+            first = torch.unique(input_ids[:, 0]).tolist()
+            if len(first) == 1 and vocab.task_offset <= first[0] < vocab.size:
+                return vocab.task_from_id(first[0])
+        raise ValueError("generate needs task_ids (B,) or input_ids starting with a task token")
+
+    def _decode_with_cache(
+        self,
+        encoder_outputs: BaseModelOutput,
+        encoder_mask: torch.Tensor,
+        task: str,
+        options: GenerationOptions,
+        generator: torch.Generator | None,
+    ):
+        """Run :func:`decoding.decode` with a step function that owns the T5 KV cache."""
+        model = self.model
+        cache: dict[str, Any] = {"past": None}
+
+        def step_fn(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits, states, cache["past"] = model.decode(
+                encoder_outputs, encoder_mask, ids, past_key_values=cache["past"], use_cache=True
+            )
+            return logits[:, -1], states[:, -1]
+
+        batch = encoder_outputs.last_hidden_state.shape[0]
+        grammar = grammar_for(task, self.config.vocab)
+        device = encoder_outputs.last_hidden_state.device
+        return decode(
+            step_fn, grammar, batch, options, device, start_id=DECODER_START_ID, generator=generator
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        eva_pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        prompt_coords: torch.Tensor | None = None,
+        prompt_labels: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        eos_logit_offset: float | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> PixtokGenerateOutput:
+        """Generate token sequences (and points, boxes, masks, proposals) for one task per batch.
+
+        The encoder runs once; the decode loop (``decoding.decode``) calls a step function that keeps
+        the T5 KV cache. ``None`` options take the task's defaults (``GenerationOptions.for_task``).
+
+        Args:
+            pixel_values, eva_pixel_values, input_ids, attention_mask, prompt_coords, prompt_labels,
+                image_sizes: as in :meth:`forward`.
+            task_ids: (B,) index into ``vocab.TASKS``; all equal. Without it the task token leading
+                ``input_ids`` decides.
+            max_new_tokens, do_sample, top_p, temperature, eos_logit_offset: decoding options.
+            generator: RNG for reproducible sampling.
+            **kwargs: training-only keys of a processor batch (``labels``...) are ignored.
+
+        Returns:
+            :class:`PixtokGenerateOutput`.
+        """
+        task = self._task_of(task_ids, input_ids)
+        if task == "panoptic":
+            raise ValueError(
+                "the panoptic task is generated by PixtokForPanopticSegmentation, not this model"
+            )
+        options = GenerationOptions(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            top_p=top_p,
+            temperature=1.0 if temperature is None else temperature,
+            eos_logit_offset=0.0 if eos_logit_offset is None else eos_logit_offset,
+        ).for_task(task, max_objects=self.config.max_objects)
+        features = self.model.encode_images(pixel_values, eva_pixel_values)
+        batch = features.fused.shape[0]
+        proposals = proposal_scores = None
+        if task == "dense_caption":
+            logits, boxes = self.proposal_head(features.fused)
+            k = min(self.config.num_proposals, logits.shape[1])
+            scores, index = logits.sigmoid().topk(k, dim=1)
+            proposals = boxes.gather(1, index[..., None].expand(-1, -1, 4)).clamp(0, 1)
+            proposal_scores = scores
+            features = VisionFeatures(
+                sam=features.sam.repeat_interleave(k, dim=0), fused=features.fused.repeat_interleave(k, dim=0)
+            )
+            prompt_coords = proposals.reshape(batch * k, 2, 2)
+            prompt_labels = torch.tensor(_BOX_LABELS, device=prompt_coords.device).expand(batch * k, 2)
+            if input_ids is not None:
+                input_ids = input_ids.repeat_interleave(k, dim=0)
+                attention_mask = (
+                    None if attention_mask is None else attention_mask.repeat_interleave(k, dim=0)
+                )
+        encoder_outputs, mask, features, _ = self.model.encode(
+            None,
+            None,
+            input_ids,
+            attention_mask,
+            prompt_coords,
+            prompt_labels,
+            image_sizes,
+            features=features,
+        )
+        result = self._decode_with_cache(encoder_outputs, mask, task, options, generator)
+        points = self.trace_head(result.hidden_states)
+        boxes = masks = None
+        if task == "referring":
+            last = (result.lengths - 1).clamp(min=0)
+            eos_state = result.hidden_states[torch.arange(result.hidden_states.shape[0]), last]
+            boxes = self.box_head(eos_state)
+            masks = self.predict_masks(features.sam, boxes)[:, 0]
+        return PixtokGenerateOutput(
+            sequences=result.sequences,
+            token_scores=result.token_scores,
+            points=points.float(),
+            boxes=None if boxes is None else boxes.float(),
+            masks=None if masks is None else masks.float(),
+            proposals=None if proposals is None else proposals.float(),
+            proposal_scores=None if proposal_scores is None else proposal_scores.float(),
+            task_ids=task_ids if task_ids is not None else torch.full((batch,), task_index(task)),
+            image_sizes=image_sizes,
+        )
+
+    # --- real weights -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained_backbones(
+        cls,
+        config: PixtokConfig,
+        sam: str | Path | None = None,
+        eva02: str | Path | None = None,
+        t5: str | Path | None = None,
+    ) -> PixtokForConditionalGeneration:
+        """Build a model whose towers and T5 come from their own pretrained checkpoints.
+
+        Args:
+            config: the sizes; each checkpoint must match its sub-config.
+            sam: an official segment-anything ``.pth``, a transformers SAM folder or hub id, or a
+                file written by ``pixtok convert-sam``: fills the SAM image encoder, the prompt
+                encoder and the mask decoder.
+            eva02: a timm model name (``eva02_large_patch14_448...``) or a local weights file.
+            t5: any T5 / Flan-T5 folder or hub id (``T5ForConditionalGeneration.from_pretrained``);
+                its embedding and LM head rows are copied into the pixtok vocabulary's first rows.
+
+        Raises:
+            ValueError: a checkpoint's keys or shapes do not match (every mismatch is named).
+        """
+        model = cls(config)
+        if sam is not None:
+            parts = load_sam_weights(sam)
+            load_state_dict_checked(
+                model.model.towers.sam, parts["image_encoder"], f"{sam} (SAM image encoder)"
+            )
+            load_state_dict_checked(
+                model.model.prompt_encoder, parts["prompt_encoder"], f"{sam} (SAM prompt encoder)"
+            )
+            load_state_dict_checked(model.mask_decoder, parts["mask_decoder"], f"{sam} (SAM mask decoder)")
+        if eva02 is not None:
+            load_state_dict_checked(model.model.towers.eva, load_timm_eva02(eva02), f"{eva02} (EVA02)")
+        if t5 is not None:
+            model.model.load_t5(t5)
+        model.model.apply_freeze_policy()
+        return model
+
+
+__all__ = [
+    "PixtokForConditionalGeneration",
+    "PixtokGenerateOutput",
+    "PixtokModel",
+    "PixtokModelOutput",
+    "PixtokOutput",
+    "PixtokPreTrainedModel",
+    "eos_positions",
+    "shift_right",
+]
