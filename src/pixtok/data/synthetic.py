@@ -594,6 +594,7 @@ def load_synthetic(
     kind: str = "coco",
     *,
     check_images: str = "decode",
+    verify_segments: bool = False,
 ) -> datasets.Dataset:
     """Read one split of a ``write_benchmark`` folder through the real loader of ``kind``.
 
@@ -602,6 +603,7 @@ def load_synthetic(
         split: ``train``, ``val`` or ``test``.
         kind: one of :data:`KINDS` — which format to read (coco = detection rows, …).
         check_images: :data:`pixtok.data.images.CHECK_MODES`.
+        verify_segments: ``kind="coco_panoptic"`` only: cross-check PNG ids with ``segments_info``.
     """
     from .sources.coco import load_coco
     from .sources.coco_panoptic import load_coco_panoptic
@@ -627,6 +629,7 @@ def load_synthetic(
             os.path.join(root, "panoptic", split),
             images,
             check_images=check_images,
+            verify_segments=verify_segments,
         )
     if kind == "localized_narratives":
         return load_localized_narratives(

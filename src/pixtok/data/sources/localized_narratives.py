@@ -9,8 +9,9 @@ How words get points (the PixelLLM trace target):
 1. All trace points of the record are pooled and sorted by time; ``x, y`` outside ``[0, 1]`` are
    clamped (counted per point), then scaled to pixels (``x * width``, ``y * height``).
 2. Each utterance is split on whitespace into ``n`` words; its time window ``[start, end]`` is cut
-   into ``n`` equal slices, word ``k`` taking slice ``k`` (speech is taken as uniform within an
-   utterance). The word's point is the mean of the trace points inside its slice.
+   into ``n`` equal half-open slices (the last one closed), word ``k`` taking slice ``k`` (speech is
+   taken as uniform within an utterance). The word's point is the mean of the trace points in its
+   slice (a zero-length window gives every word the mean of the points at that instant).
 3. A word whose slice holds no point takes the point of its utterance window nearest in time to
    its slice centre; a word whose whole utterance window holds no point gets ``[NaN, NaN]`` —
    masked in the loss, never dropped.
@@ -81,10 +82,14 @@ def utterance_points(
     if not len(in_window):
         return [NAN_POINT] * num_words
     step = (end - start) / num_words
+    slot = (
+        np.minimum(((in_window[:, 2] - start) / step).astype(np.int64), num_words - 1) if step > 0 else None
+    )
     result = []
     for k in range(num_words):
         lo, hi = start + k * step, start + (k + 1) * step
-        point = window_point(in_window, lo, hi)
+        inside = in_window[slot == k] if slot is not None else in_window
+        point = (float(inside[:, 0].mean()), float(inside[:, 1].mean())) if len(inside) else None
         if point is None:
             nearest = int(np.argmin(np.abs(in_window[:, 2] - (lo + hi) / 2)))
             point = (float(in_window[nearest, 0]), float(in_window[nearest, 1]))

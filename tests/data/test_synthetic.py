@@ -1,0 +1,133 @@
+"""The synthetic benchmark: deterministic bytes, real formats, read back through the real loaders."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pixtok.data as D
+from pixtok.data import synthetic
+from pixtok.data.images import panoptic_ids
+from pixtok.data.masks import decode_segmentation
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    synthetic.write_benchmark(a, seed=7, num_images=6, image_size=48)
+    synthetic.write_benchmark(b, seed=7, num_images=6, image_size=48)
+    synthetic.write_benchmark(c, seed=8, num_images=6, image_size=48)
+    assert _digest(a) == _digest(b)
+    assert _digest(a)["images/train/000000000001.jpg"] != _digest(c)["images/train/000000000001.jpg"]
+
+
+def test_splits_are_fixed_by_index() -> None:
+    splits = [synthetic.split_of(i, 20) for i in range(20)]
+    assert splits == ["train"] * 16 + ["val"] * 2 + ["test"] * 2
+
+
+def test_every_kind_reads_back_with_the_written_counts(synthetic_root: Path) -> None:
+    summary = json.loads((synthetic_root / "benchmark.json").read_text())
+    for split, counts in summary["splits"].items():
+        coco = D.load("synthetic", root=synthetic_root, split=split, kind="coco")
+        assert len(coco) == counts["images"]
+        assert sum(len(o["boxes"]) for o in coco["objects"]) == counts["objects"]
+        assert D.class_names(coco) == list(synthetic.SHAPES)
+        refs = D.load("synthetic", root=synthetic_root, split=split, kind="refcoco")
+        assert len(refs) == counts["refs"]
+        vg = D.load("synthetic", root=synthetic_root, split=split, kind="visual_genome")
+        assert sum(len(r["boxes"]) for r in vg["regions"]) == counts["regions"]
+        for kind in ("coco_panoptic", "localized_narratives"):
+            ds = D.load("synthetic", root=synthetic_root, split=split, kind=kind)
+            assert len(ds) == counts["images"]
+        for ds in (coco, refs, vg):
+            assert D.load_report(ds).num_skipped == 0 and D.load_report(ds).num_repaired == 0
+
+
+def test_panoptic_png_matches_instances(synthetic_root: Path) -> None:
+    coco = D.load("synthetic", root=synthetic_root, split="train", kind="coco")
+    pan = D.load("synthetic", root=synthetic_root, split="train", kind="coco_panoptic", verify_segments=True)
+    report = D.load_report(pan)
+    assert not report.notes.get("listed segment absent from PNG") and not report.notes.get(
+        "PNG segment not in segments_info"
+    )
+    instances = json.loads((synthetic_root / "annotations/instances_train.json").read_text())
+    masks = {a["id"]: a for a in instances["annotations"]}
+    row, det = pan[0], coco[0]
+    ids = panoptic_ids(row["panoptic"])
+    assert (ids > 0).all()  # things + stuff cover every pixel
+    things = [s for s in row["segments_info"] if s["isthing"]]
+    stuff = [s for s in row["segments_info"] if not s["isthing"]]
+    assert len(things) == len(det["objects"]["boxes"]) and 1 <= len(stuff) <= 2
+    for segment, ann_id in zip(things, det["objects"]["ids"]):
+        mask = decode_segmentation({"polygons": [], **masks[ann_id]["segmentation"]})
+        np.testing.assert_array_equal(mask, ids == segment["id"])
+
+
+def test_narrative_words_point_at_the_objects_they_name(synthetic_root: Path) -> None:
+    coco = D.load("synthetic", root=synthetic_root, split="train", kind="coco")
+    ln = D.load("synthetic", root=synthetic_root, split="train", kind="localized_narratives")
+    names = D.class_names(coco)
+    checked = 0
+    for det, narrative in zip(coco, ln):
+        assert det["image_id"] == narrative["image_id"]
+        shape_words = [
+            (i, w.rstrip(",.")) for i, w in enumerate(narrative["words"]) if w.rstrip(",.") in names
+        ]
+        boxes = [b for b, label in zip(det["objects"]["boxes"], det["objects"]["labels"])]
+        labels = [names[label] for label in det["objects"]["labels"]]
+        for (index, word), box, label in zip(shape_words, boxes, labels):
+            assert word == label  # objects are named in drawing order = annotation order
+            x, y = narrative["points"][index]
+            assert box[0] <= x <= box[2] and box[1] <= y <= box[3]
+            checked += 1
+        assert sum(1 for s in set(narrative["sentence_ids"])) == 2
+    assert checked >= len(coco)
+
+
+def test_referring_expressions_are_unambiguous() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        scene = synthetic.render_scene(rng, 64)
+        for index, target in enumerate(scene.things):
+            for text in synthetic.referring_expressions(index, scene.things):
+                words = text.split()
+                subject = words[
+                    1 : next(
+                        (k for k, w in enumerate(words) if w in ("left", "right", "above", "below")),
+                        len(words),
+                    )
+                ]
+                matching = [t for t in scene.things if all(w in (t.shape, t.color, t.size) for w in subject)]
+                assert target in matching
+                if len(words) == 1 + len(subject):
+                    assert matching == [target]
+
+
+def test_cli_arguments_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = synthetic.add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        ["--out", str(tmp_path / "s"), "--seed", "1", "--num-images", "4", "--image-size", "40"]
+    )
+    assert synthetic.run(args) == 0
+    out = capsys.readouterr().out
+    assert "wrote 4 images of 40px" in out and "images/s" in out
+    assert (tmp_path / "s/refcoco/refs(synthetic).p").is_file()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        D.load("synthetic", root=tmp_path / "s", kind="cityscapes")
+    with pytest.raises(FileNotFoundError, match="not a synthetic benchmark"):
+        D.load("synthetic", root=tmp_path)
+    assert not math.isnan(synthetic.DEFAULT_IMAGE_SIZE)
