@@ -35,7 +35,7 @@ _META_KEY = "pixtok"
 
 
 def _box() -> datasets.List:
-    return datasets.List(datasets.Value("float32"), length=4)
+    return datasets.Sequence(datasets.Value("float32"), length=4)
 
 
 def _common() -> dict:
@@ -50,10 +50,10 @@ def _common() -> dict:
 def detection_features(names: Sequence[str]) -> datasets.Features:
     """Features of a detection row; ``names`` = class names in label order."""
     objects = {
-        "boxes": datasets.List(_box()),
-        "labels": datasets.List(datasets.ClassLabel(names=list(names))),
-        "iscrowd": datasets.List(datasets.Value("int8")),
-        "ids": datasets.List(datasets.Value("int64")),
+        "boxes": datasets.Sequence(_box()),
+        "labels": datasets.Sequence(datasets.ClassLabel(names=list(names))),
+        "iscrowd": datasets.Sequence(datasets.Value("int8")),
+        "ids": datasets.Sequence(datasets.Value("int64")),
     }
     return datasets.Features({**_common(), "objects": objects})
 
@@ -63,9 +63,9 @@ def caption_features(extra: dict | None = None) -> datasets.Features:
     fields = {
         **_common(),
         "caption": datasets.Value("string"),
-        "words": datasets.List(datasets.Value("string")),
-        "points": datasets.List(datasets.List(datasets.Value("float32"), length=2)),
-        "sentence_ids": datasets.List(datasets.Value("int32")),
+        "words": datasets.Sequence(datasets.Value("string")),
+        "points": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=2)),
+        "sentence_ids": datasets.Sequence(datasets.Value("int32")),
         "annotator_id": datasets.Value("string"),
     }
     return datasets.Features({**fields, **(extra or {})})
@@ -74,9 +74,9 @@ def caption_features(extra: dict | None = None) -> datasets.Features:
 def segmentation_feature() -> dict:
     """``{"polygons": [[x0, y0, x1, y1, …]], "counts": str, "size": [h, w]}`` (see masks.py)."""
     return {
-        "polygons": datasets.List(datasets.List(datasets.Value("float32"))),
+        "polygons": datasets.Sequence(datasets.Sequence(datasets.Value("float32"))),
         "counts": datasets.Value("string"),
-        "size": datasets.List(datasets.Value("int32"), length=2),
+        "size": datasets.Sequence(datasets.Value("int32"), length=2),
     }
 
 
@@ -84,7 +84,7 @@ def refcoco_features(names: Sequence[str]) -> datasets.Features:
     return datasets.Features(
         {
             **_common(),
-            "expressions": datasets.List(datasets.Value("string")),
+            "expressions": datasets.Sequence(datasets.Value("string")),
             "box": _box(),
             "segmentation": segmentation_feature(),
             "label": datasets.ClassLabel(names=list(names)),
@@ -97,9 +97,9 @@ def refcoco_features(names: Sequence[str]) -> datasets.Features:
 
 def visual_genome_features() -> datasets.Features:
     regions = {
-        "boxes": datasets.List(_box()),
-        "captions": datasets.List(datasets.Value("string")),
-        "ids": datasets.List(datasets.Value("int64")),
+        "boxes": datasets.Sequence(_box()),
+        "captions": datasets.Sequence(datasets.Value("string")),
+        "ids": datasets.Sequence(datasets.Value("int64")),
     }
     return datasets.Features({**_common(), "regions": regions})
 
@@ -114,9 +114,7 @@ def panoptic_features(names: Sequence[str]) -> datasets.Features:
         "area": datasets.Value("int64"),
         "isthing": datasets.Value("bool"),
     }
-    return datasets.Features(
-        {**_common(), "panoptic": IMAGE_FEATURE, "segments_info": datasets.List(segment)}
-    )
+    return datasets.Features({**_common(), "panoptic": IMAGE_FEATURE, "segments_info": [segment]})
 
 
 def build_dataset(
@@ -169,7 +167,9 @@ def _find_class_label(feature) -> datasets.ClassLabel | None:
         return feature
     if isinstance(feature, dict):
         children = feature.values()
-    elif isinstance(feature, (datasets.List, datasets.LargeList)):
+    elif isinstance(feature, list):
+        children = feature
+    elif hasattr(feature, "feature"):  # Sequence / List / LargeList
         children = [feature.feature]
     else:
         return None

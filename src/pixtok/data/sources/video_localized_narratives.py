@@ -37,8 +37,8 @@ VIDEO_EXTRA_FEATURES = {
     "video_id": datasets.Value("string"),
     "dataset_id": datasets.Value("string"),
     "actor_name": datasets.Value("string"),
-    "keyframe_names": datasets.List(datasets.Value("string")),
-    "keyframes": datasets.List(datasets.Value("int32")),
+    "keyframe_names": datasets.Sequence(datasets.Value("string")),
+    "keyframes": datasets.Sequence(datasets.Value("int32")),
 }
 
 
