@@ -71,20 +71,29 @@ def head_scale(t5: T5ForConditionalGeneration) -> float:
 
 
 class GrammarReference(LogitsProcessor):
-    """The detection grammar written independently of the engine, as an additive mask on full logits."""
+    """The detection grammar written independently of the engine, as an additive mask on full logits.
 
-    def __init__(self, vocab: PixtokVocab, min_new_tokens: int = 0, eos_logit_offset: float = 0.0) -> None:
-        self.vocab, self.min_new_tokens, self.eos_logit_offset = vocab, min_new_tokens, eos_logit_offset
+    EOS only between objects (and not before ``min_objects``); an object only if it and the EOS after
+    it fit in ``budget``; ``<noise>`` never; the EOS offset added after the (unit) temperature.
+    """
+
+    def __init__(self, vocab: PixtokVocab, budget: int, min_objects: int = 0, eos_logit_offset: float = 0.0):
+        self.vocab, self.budget, self.min_objects = vocab, budget, min_objects
+        self.eos_logit_offset = eos_logit_offset
 
     def bias(self, step: int, batch: int) -> torch.Tensor:
         v = self.vocab
         bias = torch.full((batch, v.size), float("-inf"))
-        if step % 5 < 4:
+        fits = step + 5 <= self.budget - 1
+        if step % 5 == 0:
+            if fits:
+                bias[:, v.coord_offset : v.coord_offset + v.num_bins] = 0.0
+            if step // 5 >= self.min_objects or not fits:
+                bias[:, EOS_ID] = self.eos_logit_offset
+        elif step % 5 < 4:
             bias[:, v.coord_offset : v.coord_offset + v.num_bins] = 0.0
         else:
             bias[:, v.class_offset : v.class_offset + v.num_classes] = 0.0
-        if step % 5 == 0 and step >= self.min_new_tokens:
-            bias[:, EOS_ID] = self.eos_logit_offset
         return bias
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -155,7 +164,7 @@ def reference_greedy(
             token = token.masked_fill(done, PAD_ID)
             seqs.append(token)
             scores.append(score.masked_fill(done, 0.0))
-            hiddens.append(hidden * (~done)[:, None])
+            hiddens.append(hidden)
             done = done | (token == EOS_ID)
             ids = token[:, None]
             if bool(done.all()):
@@ -180,7 +189,7 @@ def test_fused_greedy_matches_plain_path_and_stock_generate(
     out = fast_generate_detection(
         t5, states, mask, VOCAB, max_new_tokens=48, eos_logit_offset=eos_logit_offset, check_every=2
     )
-    grammar = GrammarReference(VOCAB, eos_logit_offset=eos_logit_offset)
+    grammar = GrammarReference(VOCAB, budget=48, eos_logit_offset=eos_logit_offset)
     ref_seq, ref_scores, ref_hidden = reference_greedy(t5, states, mask, 48, grammar)
     assert torch.equal(out.sequences, ref_seq)
     torch.testing.assert_close(out.token_scores, ref_scores, rtol=0, atol=1e-5)
@@ -204,10 +213,39 @@ def test_fused_greedy_matches_plain_path_and_stock_generate(
     # lengths count up to and including EOS
     for row in range(states.shape[0]):
         eos = (out.sequences[row] == EOS_ID).nonzero()
-        expected = int(eos[0]) + 1 if len(eos) else 48
-        assert int(out.lengths[row]) == expected
+        assert len(eos) == 1 and int(out.lengths[row]) == int(eos[0]) + 1  # every row ends (budget rule)
     if eos_logit_offset > 0:  # offsets chosen so that rows stop at different steps: padding is exercised
-        assert int(out.lengths.min()) < 48 and len(set(out.lengths.tolist())) > 1
+        assert len(set(out.lengths.tolist())) > 1
+
+
+def test_fused_path_equals_decoding_decode_over_step_fn() -> None:
+    """The contract: the fused path gives what the plain loop in decoding.py gives over step_fn."""
+    decoding = pytest.importorskip("pixtok.model.decoding")
+    t5 = tiny_t5("gated-gelu", False)
+    states, mask = encoder_inputs()
+    engine = StaticT5Decoder(t5, max_batch_size=3, max_length=41, max_encoder_length=7)
+    for offset, min_objects, max_objects in [(12.0, 0, None), (12.0, 2, 5), (-1e3, 0, 3)]:
+        options = decoding.GenerationOptions(
+            max_new_tokens=41,
+            do_sample=False,
+            eos_logit_offset=offset,
+            min_objects=min_objects,
+            max_objects=max_objects,
+        )
+        engine.prefill(states, mask)
+        plain = decoding.decode(engine.step_fn(), decoding.grammar_for("detection", VOCAB), 3, options, "cpu")
+        engine.prefill(states, mask)
+        fast = engine.generate_detection(
+            DetectionRows.from_vocab(VOCAB),
+            max_new_tokens=41,
+            eos_logit_offset=offset,
+            min_objects=min_objects,
+            max_objects=max_objects,
+        )
+        assert torch.equal(fast.sequences, plain.sequences), (offset, min_objects, max_objects)
+        assert torch.equal(fast.lengths, plain.lengths)
+        torch.testing.assert_close(fast.token_scores, plain.token_scores, rtol=0, atol=1e-5)
+        torch.testing.assert_close(fast.hidden_states, plain.hidden_states, rtol=0, atol=1e-5)
 
 
 def test_grammar_holds_when_sampling_and_tiny_top_p_is_greedy() -> None:
@@ -244,7 +282,7 @@ def test_noise_class_only_when_allowed() -> None:
     assert VOCAB.noise_id not in DetectionRows.from_vocab(VOCAB).allowed(4).tolist()
 
 
-def test_min_new_tokens_forces_length_and_early_exit() -> None:
+def test_object_rules_and_early_exit() -> None:
     t5 = tiny_t5("relu", True)
     states, mask = encoder_inputs()
     engine = StaticT5Decoder(t5, max_batch_size=3, max_length=100, max_encoder_length=7)
@@ -258,17 +296,24 @@ def test_min_new_tokens_forces_length_and_early_exit() -> None:
         block(do_sample)
 
     engine._object_block = counting_block
-    # An overwhelming EOS offset: EOS at the first step it is allowed.
-    forced = engine.generate_detection(rows, max_new_tokens=100, min_new_tokens=12, eos_logit_offset=1e4)
-    assert forced.sequences.shape == (3, 16)  # EOS only between objects: first boundary >= 12 is 15
+    # An overwhelming EOS offset: EOS at the first boundary after min_objects objects (step 15).
+    forced = engine.generate_detection(rows, max_new_tokens=100, min_objects=3, eos_logit_offset=1e4)
+    assert forced.sequences.shape == (3, 16)
     assert bool((forced.sequences[:, 15] == EOS_ID).all()) and bool((forced.lengths == 16).all())
     assert calls["n"] == 4  # all ended in the 4th object, and the first check (after 4) stops the loop
     calls["n"] = 0
     immediate = engine.generate_detection(rows, max_new_tokens=100, eos_logit_offset=1e4, check_every=1)
     assert immediate.sequences.tolist() == [[EOS_ID]] * 3 and calls["n"] == 1
-    # Without EOS pressure and a long minimum, the whole budget is used.
-    full = engine.generate_detection(rows, max_new_tokens=53, min_new_tokens=53)
-    assert full.sequences.shape == (3, 53) and not bool((full.sequences == EOS_ID).any())
+    # EOS never chosen voluntarily: max_objects forces it, else the budget does (whole objects only).
+    capped = engine.generate_detection(rows, max_new_tokens=100, max_objects=2, eos_logit_offset=-1e4)
+    assert bool((capped.sequences[:, 10] == EOS_ID).all()) and capped.sequences.shape == (3, 11)
+    budget = engine.generate_detection(rows, max_new_tokens=48, eos_logit_offset=-1e4)
+    assert budget.sequences.shape == (3, 46) and bool((budget.sequences[:, 45] == EOS_ID).all())
+    assert not bool((budget.sequences[:, :45] == EOS_ID).any())
+    # The benchmark setting: min_objects fills the budget, 5 * k + 1 tokens.
+    full = engine.generate_detection(rows, max_new_tokens=26, min_objects=5)
+    assert full.sequences.shape == (3, 26) and bool((full.sequences[:, 25] == EOS_ID).all())
+    assert not bool((full.sequences[:, :25] == EOS_ID).any())
 
 
 def test_engine_is_reusable_across_images() -> None:
@@ -325,6 +370,10 @@ def test_bad_inputs_fail_with_clear_messages() -> None:
         engine.step_fn()(torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="max_new_tokens"):
         engine.generate_detection(DetectionRows.from_vocab(VOCAB), max_new_tokens=1000)
+    with pytest.raises(ValueError, match="min_objects"):
+        engine.generate_detection(
+            DetectionRows.from_vocab(VOCAB), max_new_tokens=60, min_objects=3, max_objects=2
+        )
     open_vocab = PixtokVocab(base_vocab_size=50, num_bins=40, open_vocabulary=True)
     with pytest.raises(ValueError, match="open-vocabulary"):
         DetectionRows.from_vocab(open_vocab)

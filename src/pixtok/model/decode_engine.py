@@ -65,7 +65,7 @@ class FastDecodeOutput:
         token_scores: (B, T) float32, probability of each chosen token under the grammar-masked
             softmax (0 after EOS).
         hidden_states: (B, T, D) the decoder's last hidden state (after the final layer norm, before
-            the LM-head rescale) of the step that produced each token; 0 after EOS.
+            the LM-head rescale) of the step that chose each token (after EOS: the padding steps').
         lengths: (B,) long, number of tokens up to and including EOS (T_max when none was written).
     """
 
@@ -143,9 +143,12 @@ def merged_linear_weight(linear: nn.Module) -> Tensor:
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """T5 layer norm: scale only, no mean subtraction, statistics in float32. x: (B, D)."""
-    variance = x.float().pow(2).mean(-1, keepdim=True)
-    return weight * (x * torch.rsqrt(variance + eps)).to(weight.dtype)
+    """T5 layer norm: scale only, no mean subtraction, statistics in float32. x: (B, D).
+
+    One fused kernel where torch has ``F.rms_norm`` (it accumulates in float32); the weight is applied
+    before the cast back, which differs from T5's cast-then-scale only by bf16 rounding.
+    """
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 @dataclass
@@ -294,8 +297,11 @@ class StaticT5Decoder:
         self.out_scores = torch.zeros(b, t, dtype=torch.float32, device=dev)
         self.out_hidden = torch.zeros(b, t, self.d_model, device=dev, dtype=dt)
         # Per-call decoding options as tensors, so one captured graph serves every setting.
-        self.eos_bias = torch.zeros(1, dtype=torch.float32, device=dev)  # logit offset added to EOS
-        self.min_new_tokens = torch.zeros(1, dtype=torch.long, device=dev)
+        # Object-boundary logit biases per step (used at position 0 of an object): EOS gets
+        # eos_logit_offset or -inf (before min_objects); coordinates get 0 or -inf (no room left to
+        # finish another object, or max_objects reached).
+        self.eos_bias = torch.zeros(t, dtype=torch.float32, device=dev)
+        self.coord_bias = torch.zeros(t, dtype=torch.float32, device=dev)
         self.temperature = torch.ones(1, dtype=torch.float32, device=dev)
         self.top_p = torch.ones(1, dtype=torch.float32, device=dev)
         # step_fn outputs
@@ -461,12 +467,11 @@ class StaticT5Decoder:
         pos = self.position
         for p in range(TOKENS_PER_OBJECT):
             hidden = self._decoder_hidden(self.input_ids[:bsz])
-            logits = F.linear(hidden, weights[p]).float()  # (B, R_p)
-            if p == 0:  # column 0 is EOS: allowed after min_new_tokens, shifted by eos_logit_offset
-                eos_ok = pos >= self.min_new_tokens
-                eos = torch.where(eos_ok, self.eos_bias, torch.full_like(self.eos_bias, float("-inf")))
-                logits = torch.cat([logits[:, :1] + eos, logits[:, 1:]], dim=1)
-            probs = torch.softmax(logits / self.temperature, dim=-1)
+            logits = F.linear(hidden, weights[p]).float() / self.temperature  # (B, R_p)
+            if p == 0:  # column 0 is EOS, the rest coordinates: the boundary rules of this step
+                logits[:, :1] += self.eos_bias.index_select(0, pos)
+                logits[:, 1:] += self.coord_bias.index_select(0, pos)
+            probs = torch.softmax(logits, dim=-1)
             if do_sample:
                 sorted_p, order = probs.sort(dim=-1, descending=True)
                 keep = (sorted_p.cumsum(-1) - sorted_p) < self.top_p  # the top token always stays
@@ -481,8 +486,7 @@ class StaticT5Decoder:
             token = token.masked_fill(done, PAD_ID)
             self.out_ids[:bsz].index_copy_(1, pos, token.unsqueeze(1))
             self.out_scores[:bsz].index_copy_(1, pos, score.masked_fill(done, 0.0).unsqueeze(1))
-            kept = hidden * (~done).unsqueeze(1).to(hidden.dtype)
-            self.out_hidden[:bsz].index_copy_(1, pos, kept.unsqueeze(1))
+            self.out_hidden[:bsz].index_copy_(1, pos, hidden.unsqueeze(1))
             done |= token == EOS_ID
             self.input_ids[:bsz].copy_(token)
             pos.add_(1)
@@ -510,24 +514,32 @@ class StaticT5Decoder:
     def generate_detection(
         self,
         rows: DetectionRows,
-        max_new_tokens: int = 500,
-        min_new_tokens: int = 0,
+        max_new_tokens: int = 501,
         do_sample: bool = False,
-        top_p: float = 1.0,
+        top_p: float | None = None,
         temperature: float = 1.0,
         eos_logit_offset: float = 0.0,
+        min_objects: int = 0,
+        max_objects: int | None = None,
         check_every: int = 4,
     ) -> FastDecodeOutput:
         """Decode Pix2Seq detection sequences for the prefilled batch.
 
+        The rules are those of ``decoding.decode`` with the detection grammar: EOS only between
+        objects; an object is started only if it and the EOS after it fit in ``max_new_tokens`` (so
+        every sequence that ends, ends with whole objects); EOS is illegal before ``min_objects``
+        objects (unless no further object would fit) and forced after ``max_objects``; logits are
+        divided by ``temperature`` and then ``eos_logit_offset`` is added to EOS.
+
         Args:
             rows: the detection grammar's rows (:meth:`DetectionRows.from_vocab`).
-            max_new_tokens: most tokens per sequence (EOS included).
-            min_new_tokens: EOS is forbidden before this many tokens (benchmarks force 500).
+            max_new_tokens: step budget (Pix2Seq: ``5 * max_objects + 1``).
             do_sample: nucleus sampling instead of greedy argmax.
-            top_p: nucleus mass kept when sampling (Pix2Seq uses 0.4).
-            temperature: logits are divided by it before the softmax (scores too).
+            top_p: nucleus mass kept when sampling (Pix2Seq uses 0.4); ``None`` keeps everything.
+            temperature: logits are divided by it before the softmax (> 0).
             eos_logit_offset: added to the EOS logit (Pix2Seq's precision/recall trade-off).
+            min_objects: EOS is illegal before this many objects (benchmarks force 100).
+            max_objects: EOS is forced after this many objects; ``None`` = only the budget limits.
             check_every: objects decoded between two reads of "has every sequence ended" (each read
                 is one host-device sync).
 
@@ -536,10 +548,16 @@ class StaticT5Decoder:
         """
         if self._batch == 0:
             raise RuntimeError("call prefill() before generate_detection()")
-        if not 1 <= max_new_tokens <= self.max_length:
-            raise ValueError(f"max_new_tokens must be in [1, {self.max_length}], got {max_new_tokens}")
+        if not TOKENS_PER_OBJECT + 1 <= max_new_tokens <= self.max_length:
+            raise ValueError(
+                f"max_new_tokens must be in [{TOKENS_PER_OBJECT + 1}, {self.max_length}] (one object + "
+                f"EOS .. the engine's max_length), got {max_new_tokens}"
+            )
+        top_p = 1.0 if top_p is None else top_p
         if not 0.0 < top_p <= 1.0 or temperature <= 0.0 or check_every < 1:
             raise ValueError("need 0 < top_p <= 1, temperature > 0 and check_every >= 1")
+        if min_objects < 0 or (max_objects is not None and max_objects < min_objects):
+            raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
         rows_key, weights, ids = self._head_rows(rows)
         self._active_rows = (weights, ids)
         graph = None
@@ -547,8 +565,7 @@ class StaticT5Decoder:
             key = ("object", rows_key, self._batch, do_sample)
             graph = self._graph(key, lambda: self._object_block(do_sample))
         self.reset()
-        self.eos_bias.fill_(eos_logit_offset)
-        self.min_new_tokens.fill_(min_new_tokens)
+        self._set_boundary_rules(max_new_tokens, eos_logit_offset, min_objects, max_objects)
         self.temperature.fill_(temperature)
         self.top_p.fill_(top_p)
         bsz = self._batch
@@ -561,6 +578,21 @@ class StaticT5Decoder:
             if (obj + 1) % check_every == 0 and bool(self.done[:bsz].all()):
                 break
         return self._collect(max_new_tokens)
+
+    def _set_boundary_rules(
+        self, budget: int, eos_logit_offset: float, min_objects: int, max_objects: int | None
+    ) -> None:
+        """Fill ``eos_bias`` / ``coord_bias`` for every object-boundary step ``t = 5 k``."""
+        steps = torch.arange(self.max_length)
+        objects_before = steps // TOKENS_PER_OBJECT
+        remaining = budget - steps - 1
+        coords_ok = remaining >= TOKENS_PER_OBJECT  # 3 more coordinates, the class, then EOS
+        if max_objects is not None:
+            coords_ok &= objects_before < max_objects
+        eos_ok = ~coords_ok | (objects_before >= min_objects)
+        inf = float("-inf")
+        self.eos_bias.copy_(torch.where(eos_ok, eos_logit_offset, inf))
+        self.coord_bias.copy_(torch.where(coords_ok, 0.0, inf))
 
     def _collect(self, max_new_tokens: int) -> FastDecodeOutput:
         bsz = self._batch
@@ -581,33 +613,33 @@ def fast_generate_detection(
     encoder_hidden_states: Tensor,
     encoder_attention_mask: Tensor | None,
     vocab: PixtokVocab,
-    max_new_tokens: int = 500,
+    max_new_tokens: int = 501,
     do_sample: bool = False,
-    top_p: float = 1.0,
+    top_p: float | None = None,
     temperature: float = 1.0,
     eos_logit_offset: float = 0.0,
-    min_new_tokens: int = 0,
-    allow_noise_class: bool = False,
+    min_objects: int = 0,
+    max_objects: int | None = None,
     decoder: StaticT5Decoder | None = None,
     dtype: torch.dtype | None = None,
     check_every: int = 4,
 ) -> FastDecodeOutput:
     """Greedy or nucleus decoding of detection sequences through :class:`StaticT5Decoder`.
 
-    Building the engine copies the decoder weights and (on CUDA) captures graphs on first use; pass
-    ``decoder=`` to reuse one across calls (``t5`` is then only checked to be the same width).
+    Same outputs as ``decoding.decode(engine.step_fn(), grammar_for("detection", vocab), ...)``
+    (greedy: identical tokens). Building the engine copies the decoder weights and, on CUDA,
+    captures graphs on first use: pass ``decoder=`` to reuse one across calls.
 
     Args:
-        t5: the ``T5ForConditionalGeneration`` whose decoder writes the tokens.
+        t5: the ``T5ForConditionalGeneration`` whose decoder writes the tokens (ignored when
+            ``decoder`` is given).
         encoder_hidden_states: (B, L, D) encoder output.
         encoder_attention_mask: (B, L) 1 = attend; ``None`` = all ones.
-        vocab: the pixtok vocabulary (closed-set classes).
-        max_new_tokens, do_sample, top_p, temperature, eos_logit_offset, min_new_tokens: see
-            :meth:`StaticT5Decoder.generate_detection`.
-        allow_noise_class: whether ``<noise>`` may be written at the class position.
+        vocab: the pixtok vocabulary (closed-set classes; ``<noise>`` is never generated).
+        max_new_tokens, do_sample, top_p, temperature, eos_logit_offset, min_objects, max_objects,
+            check_every: see :meth:`StaticT5Decoder.generate_detection`.
         decoder: an engine to reuse (its batch/length limits must fit).
         dtype: engine dtype when building one (defaults to the LM head's dtype).
-        check_every: objects between two end-of-batch checks.
 
     Returns:
         :class:`FastDecodeOutput` on the engine's device.
@@ -621,19 +653,16 @@ def fast_generate_detection(
             dtype=dtype or t5.lm_head.weight.dtype,
             device=encoder_hidden_states.device,
         )
-    elif decoder.d_model != encoder_hidden_states.shape[-1]:
-        raise ValueError(
-            f"decoder width {decoder.d_model} != encoder width {encoder_hidden_states.shape[-1]}"
-        )
     decoder.prefill(encoder_hidden_states, encoder_attention_mask)
     return decoder.generate_detection(
-        DetectionRows.from_vocab(vocab, allow_noise_class=allow_noise_class),
+        DetectionRows.from_vocab(vocab),
         max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
         do_sample=do_sample,
         top_p=top_p,
         temperature=temperature,
         eos_logit_offset=eos_logit_offset,
+        min_objects=min_objects,
+        max_objects=max_objects,
         check_every=check_every,
     )
 
