@@ -340,3 +340,21 @@ def test_eva02_parameter_counts_on_meta_match_timm(sizes, expected):
     assert abs(count(encoder) - expected) / expected < 0.02, count(encoder)
     ours = {k.removeprefix("eva."): tuple(v.shape) for k, v in encoder.state_dict().items()}
     assert ours == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+
+
+def test_eva_rotary_tables_are_recomputed_after_meta_loading():
+    torch.manual_seed(0)
+    reference = Eva02Encoder(tiny_eva_config()).eval()
+    with torch.device("meta"):
+        loaded = Eva02Encoder(tiny_eva_config())
+    # what from_pretrained does: materialize, copy the checkpoint (persistent keys only), garbage elsewhere
+    loaded = loaded.to_empty(device="cpu")
+    loaded.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        loaded.eva.rope.pos_embed.fill_(float("nan"))
+    x = torch.randn(1, 3, E, E)
+    with torch.no_grad():
+        assert torch.isnan(loaded(x)).all()
+        loaded.reset_non_persistent_buffers()
+        torch.testing.assert_close(loaded(x), reference(x), atol=0, rtol=0)
+    assert "eva.rope.pos_embed" not in loaded.state_dict()

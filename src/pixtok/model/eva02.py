@@ -63,6 +63,31 @@ class Eva02Encoder(nn.Module):
         """Channels D of the output feature map."""
         return int(self.config.embed_dim)
 
+    def reset_non_persistent_buffers(self) -> None:
+        """Recompute the buffers that checkpoints do not hold (timm's rotary tables ``rope.*``).
+
+        ``PreTrainedModel.from_pretrained`` builds on the meta device and leaves non-persistent
+        buffers as uninitialized memory; call this afterwards (e.g. from ``_init_weights`` on an
+        ``Eva02Encoder``). The tables depend on the config only; they are taken from a block-less
+        ``Eva`` built on the CPU (cheap), placed on each buffer's device (CPU if it is on meta) and dtype.
+        """
+        persistent = set(self.eva.state_dict())
+        names = [name for name, _ in self.eva.named_buffers() if name not in persistent]
+        if not names:
+            return
+        with torch.device("cpu"):
+            fresh = dict(Eva(**{**self.config.timm_kwargs(), "depth": 0}).named_buffers())
+        for name in names:
+            if name not in fresh:
+                raise RuntimeError(
+                    f"cannot recompute EVA02 buffer {name!r}: it lives outside the block-less network"
+                )
+            owner_name, _, leaf = name.rpartition(".")
+            owner = self.eva.get_submodule(owner_name) if owner_name else self.eva
+            current = getattr(owner, leaf)
+            device = torch.device("cpu") if current.device.type == "meta" else current.device
+            owner.register_buffer(leaf, fresh[name].to(device=device, dtype=current.dtype), persistent=False)
+
     def forward(self, pixel_values: Tensor) -> Tensor:
         """Encode images.
 
