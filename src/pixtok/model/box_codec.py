@@ -95,6 +95,25 @@ def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], bound: f
     return np.clip(z, -bound, bound)  # after 4 redraws fewer than 1e-5 remain; clip those
 
 
+def sanitize_boxes(
+    boxes: np.ndarray, image_size: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, CodecStats]:
+    """One image's boxes under the codec's rules: clipped to the image, NaN/inf and empty ones flagged.
+
+    Args:
+        boxes: (N, 4) xyxy, absolute pixels.
+        image_size: original (h, w).
+
+    Returns:
+        (N, 4) model-space boxes (divided by the long side; rows of invalid boxes are meaningless),
+        (N,) bool valid, and the counts.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(1, -1, 4)
+    sizes = _as_size_array([tuple(image_size)], 1)
+    normalized, valid, stats = DetectionCodec._sanitize(boxes, np.ones(boxes.shape[:2], dtype=bool), sizes)
+    return normalized[0], valid[0], stats
+
+
 @dataclass(frozen=True)
 class DetectionCodec:
     """Pix2Seq detection sequences for one vocabulary (closed-set classes).
@@ -517,4 +536,5 @@ __all__ = [
     "DetectionSequences",
     "decode_open_vocabulary",
     "encode_open_vocabulary",
+    "sanitize_boxes",
 ]
