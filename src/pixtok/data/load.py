@@ -10,7 +10,7 @@ Sources and their path keywords (DESIGN.md):
 ``refcoco``                    ``refs=``, ``instances=``, ``images=`` (+ ``split=`` filter)
 ``visual_genome``              ``regions=``, ``image_data=``, ``images=``
 ``synthetic``                  ``root=`` (a folder written by ``pixtok synth``), ``split=``,
-                               ``kind=`` one of :data:`pixtok.data.synthetic.KINDS`
+                               ``kind=`` one of :data:`pixtok.data.sources.synthetic.KINDS`
 =============================  ===============================================================
 
 Every source also takes ``check_images=`` (:data:`pixtok.data.images.CHECK_MODES`). Each call
@@ -30,9 +30,9 @@ from .sources.coco import load_coco, load_objects365
 from .sources.coco_panoptic import load_coco_panoptic
 from .sources.localized_narratives import load_localized_narratives
 from .sources.refcoco import load_refcoco
+from .sources.synthetic import load_synthetic
 from .sources.video_localized_narratives import load_video_localized_narratives
 from .sources.visual_genome import load_visual_genome
-from .synthetic import load_synthetic
 
 LOADERS: dict[str, Callable[..., datasets.Dataset]] = {
     "coco": load_coco,

@@ -31,11 +31,12 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 
-import datasets
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 from pycocotools import mask as mask_utils
+
+from .sources.synthetic import KINDS, SPLITS, load_synthetic
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon")
 """Thing classes; COCO category id = index + 1."""
@@ -61,10 +62,6 @@ bottom grass or sand. COCO category id = 101 + index."""
 SIZES: dict[str, tuple[float, float]] = {"small": (0.05, 0.08), "medium": (0.10, 0.14), "large": (0.17, 0.22)}
 """Size words → circumradius range as a fraction of the image side (disjoint, so words are exact)."""
 
-KINDS: tuple[str, ...] = ("coco", "coco_panoptic", "localized_narratives", "refcoco", "visual_genome")
-"""What ``load_synthetic(kind=…)`` can read back."""
-
-SPLITS: tuple[tuple[str, float], ...] = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 DEFAULT_IMAGE_SIZE = 128
 MAX_OBJECTS = 5
 MIN_VISIBLE = 0.6  # an earlier object keeps at least this fraction of its pixels when overlapped
@@ -140,14 +137,21 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     ]
 
 
-def _shape_mask(shape: str, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
-    canvas = PIL.Image.new("L", (size, size), 0)
+def _shape_mask(
+    shape: str, cx: float, cy: float, r: float, angle: float, size: int
+) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """One shape rasterized by PIL around itself: the local bool mask and its ``(rows, cols)``
+    slices into the ``(size, size)`` image."""
+    x0, y0 = max(int(cx - r) - 1, 0), max(int(cy - r) - 1, 0)
+    x1, y1 = min(int(cx + r) + 2, size), min(int(cy + r) + 2, size)
+    canvas = PIL.Image.new("L", (x1 - x0, y1 - y0), 0)
     draw = PIL.ImageDraw.Draw(canvas)
+    lx, ly = cx - x0, cy - y0
     if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+        draw.ellipse([lx - r, ly - r, lx + r, ly + r], fill=1)
     else:
-        draw.polygon(_polygon(shape, cx, cy, r, angle), fill=1)
-    return np.asarray(canvas, dtype=bool)
+        draw.polygon(_polygon(shape, lx, ly, r, angle), fill=1)
+    return np.asarray(canvas, dtype=bool), (slice(y0, y1), slice(x0, x1))
 
 
 def texture_bank(size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -206,7 +210,8 @@ def render_scene(
     image = np.clip(background + noise, 0, 255).astype(np.uint8)
 
     things: list[Thing] = []
-    full_areas: list[int] = []
+    full_areas: list[int] = []  # pixels of each thing before occlusion
+    visible: list[int] = []  # pixels of each thing still visible
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(8):
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
@@ -218,17 +223,22 @@ def render_scene(
             angle = rng.uniform(0, math.pi / 6)
             if any(t.shape == shape and t.color == color and t.size == size_word for t in things):
                 continue
-            mask = _shape_mask(shape, cx, cy, radius, angle, size)
-            area = int(np.count_nonzero(mask))
+            local, window = _shape_mask(shape, cx, cy, radius, angle, size)
+            area = int(np.count_nonzero(local))
             if not area:
                 continue
-            if all(np.count_nonzero(t.mask & ~mask) >= MIN_VISIBLE * a for t, a in zip(things, full_areas)):
-                for t in things:
-                    t.mask &= ~mask
+            hidden = [int(np.count_nonzero(t.mask[window] & local)) for t in things]
+            if all(v - h >= MIN_VISIBLE * a for v, h, a in zip(visible, hidden, full_areas)):
+                for k, t in enumerate(things):
+                    t.mask[window] &= ~local
+                    visible[k] -= hidden[k]
+                mask = np.zeros((size, size), dtype=bool)
+                mask[window] = local
                 things.append(Thing(shape, color, size_word, (float(cx), float(cy)), float(radius), mask))
                 full_areas.append(area)
+                visible.append(area)
                 shade = np.asarray(COLORS[color], np.int16) + rng.integers(-8, 9, (area, 1), dtype=np.int16)
-                image[mask] = np.clip(shade, 0, 255).astype(np.uint8)
+                image[window][local] = np.clip(shade, 0, 255).astype(np.uint8)
                 break
     occupied = np.zeros((size, size), dtype=bool)
     for t in things:
@@ -248,7 +258,8 @@ def _relation(target: Thing, anchor: Thing) -> str:
 
 
 def _matches(thing: Thing, words: tuple[str, ...]) -> bool:
-    return all(w in (thing.shape, thing.color, thing.size) for w in words)
+    attributes = (thing.shape, thing.color, thing.size)
+    return all(w in attributes for w in words)
 
 
 def _unique_words(index: int, things: list[Thing]) -> tuple[str, ...] | None:
@@ -260,32 +271,38 @@ def _unique_words(index: int, things: list[Thing]) -> tuple[str, ...] | None:
     return None
 
 
-def referring_expressions(index: int, things: list[Thing]) -> list[str]:
+def referring_expressions(index: int, things: list[Thing], unique: list | None = None) -> list[str]:
     """Expressions that pick out ``things[index]`` alone among ``things`` (empty if none exists).
 
     The first is the shortest attribute phrase ("the red circle"); the second adds a spatial
     relation to the nearest other uniquely describable object ("the small red circle left of the
-    blue square"), checked to hold for the target only among objects matching its attributes.
+    blue square"), checked to hold for the target only among the objects its words match.
+
+    Args:
+        index: the target.
+        things: every object of the image.
+        unique: ``[_unique_words(j, things) for j]`` when the caller already has it.
     """
+    unique = unique if unique is not None else [_unique_words(j, things) for j in range(len(things))]
     target = things[index]
-    expressions = []
-    words = _unique_words(index, things)
-    if words is not None:
-        expressions.append("the " + " ".join(words))
-    full = (target.size, target.color, target.shape)
-    candidates = [o for o in things if _matches(o, (target.color, target.shape))]
+    words = unique[index]
+    expressions = [] if words is None else ["the " + " ".join(words)]
+    subject = (
+        (target.color, target.shape)
+        if words is not None and len(words) < 3
+        else (target.size, target.color, target.shape)
+    )
+    candidates = [o for o in things if _matches(o, subject)]
     others = sorted(
         (j for j in range(len(things)) if j != index),
         key=lambda j: math.dist(things[j].center, target.center),
     )
     for j in others:
-        anchor_words = _unique_words(j, things)
-        if anchor_words is None:
+        if unique[j] is None:
             continue
         relation = _relation(target, things[j])
         if sum(_relation(o, things[j]) == relation for o in candidates if o is not things[j]) == 1:
-            subject = full if words is None or len(words) == 3 else (target.color, target.shape)
-            expressions.append(f"the {' '.join(subject)} {relation} the {' '.join(anchor_words)}")
+            expressions.append(f"the {' '.join(subject)} {relation} the {' '.join(unique[j])}")
             break
     return expressions
 
@@ -401,14 +418,15 @@ def write_benchmark(
         max_objects: at most this many shapes per image.
 
     Returns:
-        The ``benchmark.json`` summary: arguments, per-split image / object / ref counts, seconds.
+        The ``benchmark.json`` summary (arguments, per-split image / object / ref / region counts)
+        plus ``seconds`` (wall) and ``cpu_seconds`` (this process's CPU time).
     """
     if num_images < 1 or image_size < 32 or not 1 <= max_objects <= 250 or seed < 0:
         raise ValueError(
             "need num_images >= 1, image_size >= 32, 1 <= max_objects <= 250, seed >= 0; "
             f"got {num_images}, {image_size}, {max_objects}, {seed}"
         )
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     root = os.fspath(out_dir)
     split_names = [name for name, _ in SPLITS]
     for sub in ("annotations", "refcoco", "visual_genome"):
@@ -453,6 +471,7 @@ def write_benchmark(
         ids = np.zeros((image_size, image_size), dtype=np.uint8)  # segment ids < 256 (see max_objects check)
         segments, regions = [], []
         visible = scene.things
+        unique = [_unique_words(j, visible) for j in range(len(visible))]
         for k, thing in enumerate(visible):
             ann_id += 1
             bbox = _bbox_xywh(thing)
@@ -474,7 +493,7 @@ def write_benchmark(
             segments.append(
                 {"id": segment_id, "category_id": category, "iscrowd": 0, "bbox": bbox, "area": area}
             )
-            expressions = referring_expressions(k, visible)
+            expressions = referring_expressions(k, visible, unique)
             if expressions:
                 sentences = []
                 for text in expressions:
@@ -582,78 +601,11 @@ def write_benchmark(
         "splits": counts,
     }
     _dump(os.path.join(root, "benchmark.json"), summary)
-    return {**summary, "seconds": time.perf_counter() - started}
-
-
-# --- reading back ---------------------------------------------------------------------------------
-
-
-def load_synthetic(
-    root: str | os.PathLike,
-    split: str = "train",
-    kind: str = "coco",
-    *,
-    check_images: str = "decode",
-    verify_segments: bool = False,
-) -> datasets.Dataset:
-    """Read one split of a ``write_benchmark`` folder through the real loader of ``kind``.
-
-    Args:
-        root: the folder ``pixtok synth --out`` wrote.
-        split: ``train``, ``val`` or ``test``.
-        kind: one of :data:`KINDS` — which format to read (coco = detection rows, …).
-        check_images: :data:`pixtok.data.images.CHECK_MODES`.
-        verify_segments: ``kind="coco_panoptic"`` only: cross-check PNG ids with ``segments_info``.
-    """
-    from .sources.coco import load_coco
-    from .sources.coco_panoptic import load_coco_panoptic
-    from .sources.localized_narratives import load_localized_narratives
-    from .sources.refcoco import load_refcoco
-    from .sources.visual_genome import load_visual_genome
-
-    root = os.fspath(root)
-    if not os.path.isfile(os.path.join(root, "benchmark.json")):
-        raise FileNotFoundError(
-            f"{root} is not a synthetic benchmark folder (no benchmark.json); write one with `pixtok synth`"
-        )
-    names = [name for name, _ in SPLITS]
-    if split not in names:
-        raise ValueError(f"split must be one of {', '.join(names)}, got {split!r}")
-    ann = os.path.join(root, "annotations")
-    images = os.path.join(root, "images")
-    if kind == "coco":
-        return load_coco(os.path.join(ann, f"instances_{split}.json"), images, check_images=check_images)
-    if kind == "coco_panoptic":
-        return load_coco_panoptic(
-            os.path.join(ann, f"panoptic_{split}.json"),
-            os.path.join(root, "panoptic", split),
-            images,
-            check_images=check_images,
-            verify_segments=verify_segments,
-        )
-    if kind == "localized_narratives":
-        return load_localized_narratives(
-            os.path.join(ann, f"localized_narratives_{split}.jsonl"),
-            os.path.join(images, split),
-            check_images=check_images,
-        )
-    if kind == "refcoco":
-        return load_refcoco(
-            os.path.join(root, "refcoco", "refs(synthetic).p"),
-            os.path.join(root, "refcoco", "instances.json"),
-            images,
-            split=split,
-            check_images=check_images,
-        )
-    if kind == "visual_genome":
-        vg = os.path.join(root, "visual_genome")
-        return load_visual_genome(
-            os.path.join(vg, f"region_descriptions_{split}.json"),
-            os.path.join(vg, f"image_data_{split}.json"),
-            images,
-            check_images=check_images,
-        )
-    raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return {
+        **summary,
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+    }
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -683,11 +635,12 @@ def run(args: argparse.Namespace) -> int:
     """Write the benchmark for parsed ``args``; print counts and throughput. Returns exit code 0."""
     summary = write_benchmark(args.out, args.seed, args.num_images, args.image_size, args.max_objects)
     rate = summary["num_images"] / max(summary["seconds"], 1e-9)
+    cpu_rate = summary["num_images"] / max(summary["cpu_seconds"], 1e-9)
     for name, counts in summary["splits"].items():
         print(f"{name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     print(
         f"wrote {summary['num_images']} images of {summary['image_size']}px to {args.out} in "
-        f"{summary['seconds']:.2f} s ({rate:.0f} images/s)"
+        f"{summary['seconds']:.2f} s ({rate:.0f} images/s wall, {cpu_rate:.0f} images/s per CPU second, one process)"
     )
     return 0
 
