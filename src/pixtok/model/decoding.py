@@ -24,6 +24,7 @@ renormalizes the class-token probability over real classes, which is the detecti
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -132,6 +133,15 @@ def _build(
 
 
 def grammar_for(task: str, vocab: PixtokVocab, banned_ids: Sequence[int] = ()) -> Grammar:
+    """The decoding grammar of ``task`` over ``vocab`` (built once per arguments, then cached).
+
+    See :func:`_grammar_for` for the languages.
+    """
+    return _grammar_for(task, vocab, tuple(sorted(int(i) for i in banned_ids)))
+
+
+@functools.lru_cache(maxsize=32)
+def _grammar_for(task: str, vocab: PixtokVocab, banned_ids: tuple[int, ...]) -> Grammar:
     """The decoding grammar of ``task`` over ``vocab``.
 
     * ``detection``: ``([ymin xmin ymax xmax] class)* EOS``; class = ``<cls_c>`` (never ``<noise>``),
