@@ -51,6 +51,7 @@ PROMPT_LABELS: dict[str, int] = {
 """Meaning of each value of ``prompt_labels`` (segment-anything's convention, boxes as two corners)."""
 
 _CONVERTED_FILENAME = "sam_towers.safetensors"
+_COORD_SLACK = 1e-4  # rounding room on [0, 1] for prompt coordinates
 
 
 def _check_pixels(pixel_values: Tensor, num_channels: int, size: int, what: str) -> None:
@@ -209,6 +210,12 @@ class SamPromptEncoder(nn.Module):
         if labels.numel() and (labels.min() < -1 or labels.max() > 3):
             raise ValueError(
                 f"prompt labels must be in {{-1, 0, 1, 2, 3}} ({PROMPT_LABELS}), got {labels.unique().tolist()}"
+            )
+        used = coords[labels != -1]
+        if used.numel() and (used.min() < -_COORD_SLACK or used.max() > 1 + _COORD_SLACK):
+            raise ValueError(
+                "prompt coords must be normalized to the padded square input, xy in [0, 1]; got values in "
+                f"[{used.min().item():.4g}, {used.max().item():.4g}] (a point or box outside the image?)"
             )
         encoder = self.prompt_encoder
         batch = coords.shape[0]
