@@ -1,0 +1,128 @@
+"""Auto* resolution after registration, and loading a saved folder where pixtok is not importable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import save_file
+from tests.model.test_modeling import full_batch
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+from pixtok.auto import register_auto_classes
+from pixtok.model.configuration_pixtok import PixtokConfig
+from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration, PixtokModel
+
+torch.set_num_threads(1)
+
+BLOCK_PIXTOK = """
+import importlib.abc, sys
+
+class _NoPixtok(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "pixtok" or name.startswith("pixtok."):
+            raise ImportError(f"pixtok is blocked in this interpreter ({name})")
+        return None
+
+sys.meta_path.insert(0, _NoPixtok())
+"""
+
+
+def saved_model(tmp_path):
+    register_auto_classes()
+    torch.manual_seed(0)
+    model = PixtokForConditionalGeneration(PixtokConfig.from_preset("tiny")).eval()
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_auto_classes_resolve_a_pixtok_folder(tmp_path) -> None:
+    model, folder = saved_model(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(folder), PixtokConfig)
+    loaded = AutoModelForImageTextToText.from_pretrained(folder)
+    assert type(loaded) is PixtokForConditionalGeneration
+    backbone = AutoModel.from_pretrained(folder)
+    assert type(backbone) is PixtokModel
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_pixtok.PixtokConfig"
+    assert auto_map["AutoModelForImageTextToText"] == "modeling_pixtok.PixtokForConditionalGeneration"
+
+
+def test_saved_folder_carries_its_code(tmp_path) -> None:
+    _, folder = saved_model(tmp_path)
+    code = {p.name for p in folder.glob("*.py")}
+    needed = {"configuration_pixtok.py", "modeling_pixtok.py", "vocab.py", "sam.py", "eva02.py", "towers.py"}
+    needed |= {
+        "prompt_extractor.py",
+        "heads.py",
+        "lora.py",
+        "decoding.py",
+        "presets.py",
+        "configuration_towers.py",
+    }
+    assert needed <= code, needed - code
+    for path in folder.glob("*.py"):
+        text = path.read_text()
+        assert "import pixtok" not in text and "from pixtok" not in text, path.name
+
+
+def test_loads_with_trust_remote_code_without_pixtok(tmp_path) -> None:
+    model, folder = saved_model(tmp_path)
+    hub_copy = tmp_path / "hub_copy"  # what a user downloads from the Hub
+    shutil.copytree(folder, hub_copy)
+    batch = {k: v for k, v in full_batch(model.config).items()}
+    save_file({k: v.contiguous() for k, v in batch.items()}, str(tmp_path / "batch.safetensors"))
+    with torch.no_grad():
+        expected = model(**batch)
+    save_file(
+        {
+            "logits": expected.logits,
+            "pred_masks": expected.pred_masks.contiguous(),
+            "loss": expected.loss.reshape(1),
+        },
+        str(tmp_path / "expected.safetensors"),
+    )
+    script = BLOCK_PIXTOK + textwrap.dedent(
+        f"""
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModelForImageTextToText
+        try:
+            import pixtok
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("pixtok should not be importable here")
+        model = AutoModelForImageTextToText.from_pretrained({str(hub_copy)!r}, trust_remote_code=True).eval()
+        assert "pixtok" not in type(model).__module__.split(".")[0], type(model).__module__
+        batch = load_file({str(tmp_path / "batch.safetensors")!r})
+        expected = load_file({str(tmp_path / "expected.safetensors")!r})
+        with torch.no_grad():
+            out = model(**batch)
+        assert torch.equal(out.logits, expected["logits"])
+        assert torch.equal(out.pred_masks, expected["pred_masks"])
+        assert torch.equal(out.loss.reshape(1), expected["loss"])
+        images = {{k: batch[k] for k in ("pixel_values", "eva_pixel_values")}}
+        gen = model.generate(**images, task_ids=torch.tensor([1, 1]), max_new_tokens=5)
+        assert gen.sequences.shape[0] == 2
+        print("REMOTE_OK", type(model).__module__)
+        """
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PYTHONPATH": "",
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "REMOTE_OK transformers_modules." in result.stdout
