@@ -61,3 +61,27 @@ def test_shipped_file_is_what_the_builder_produces():
     built = json.loads(build_tokenizer().to_str())
     assert shipped["model"]["vocab"] == built["model"]["vocab"]
     assert len(shipped["model"]["vocab"]) == TINY_BASE_VOCAB_SIZE
+
+
+def test_a_t5_tokenizer_with_sentinels_gets_the_same_tokens():
+    from transformers import T5Tokenizer
+
+    from pixtok.model.decoding import grammar_for
+    from pixtok.model.tokenization_pixtok import non_text_base_ids
+
+    pieces = [
+        tuple(p) for p in json.loads((TINY_TOKENIZER_DIR / "tokenizer.json").read_text())["model"]["vocab"]
+    ]
+    t5 = T5Tokenizer(vocab=pieces, extra_ids=100)  # transformers' own T5 class, as a real preset loads
+    base = len(t5)
+    assert base == TINY_BASE_VOCAB_SIZE + 100
+    vocab = PixtokVocab(base_vocab_size=base, num_bins=1000, class_names=("cat", "dog"))
+    add_pixtok_tokens(t5, vocab)
+    vocab.check_tokenizer(t5)
+    assert t5("<loc_12><loc_999>", add_special_tokens=False).input_ids == [base + 12, base + 999]
+    sentinels = non_text_base_ids(t5, vocab)
+    assert len(sentinels) == 100 and all(
+        t5.convert_ids_to_tokens(i).startswith("<extra_id_") for i in sentinels
+    )
+    caption = grammar_for("caption", vocab, banned_ids=sentinels)
+    assert not caption.allowed[:, sentinels].any() and caption.allowed[0, 3:TINY_BASE_VOCAB_SIZE].all()

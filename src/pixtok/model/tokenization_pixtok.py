@@ -51,6 +51,17 @@ def add_pixtok_tokens(tokenizer: PreTrainedTokenizerBase, vocab: PixtokVocab) ->
     return tokenizer
 
 
+def non_text_base_ids(tokenizer: PreTrainedTokenizerBase, vocab: PixtokVocab) -> list[int]:
+    """Special ids inside the base range other than pad/eos/unk (T5's ``<extra_id_*>`` sentinels).
+
+    Pass them as ``banned_ids`` to :func:`.decoding.grammar_for` so captions never contain them.
+    """
+    return sorted(
+        {i for i in tokenizer.all_special_ids if vocab.is_text(i)}
+        | {i for t, i in tokenizer.get_vocab().items() if t.startswith("<extra_id_") and vocab.is_text(i)}
+    )
+
+
 def load_tokenizer(name_or_path: str | Path, vocab: PixtokVocab, **kwargs) -> PreTrainedTokenizerBase:
     """Load the base tokenizer ``name_or_path`` (or ``"pixtok-tiny"``) and add the pixtok tokens.
 
@@ -68,5 +79,6 @@ __all__ = [
     "TINY_TOKENIZER_NAME",
     "add_pixtok_tokens",
     "load_tokenizer",
+    "non_text_base_ids",
     "resolve_tokenizer_path",
 ]
