@@ -234,3 +234,23 @@ def test_save_and_load_round_trip(proc, tmp_path):
 def test_codec_matches_processor_vocab(proc):
     assert isinstance(proc.codec, DetectionCodec) and proc.codec.vocab is proc.vocab
     assert proc.tokenizer.convert_tokens_to_ids("<loc_0>") == proc.vocab.coord_offset == 2048
+
+
+def test_open_vocabulary_targets_and_post_processing():
+    proc = PixtokProcessor.from_preset("tiny", open_vocabulary=True, id2label={0: "teddy bear", 1: "cat"})
+    assert proc.codec is None and proc.vocab.num_classes == 0
+    batch = proc(
+        images=image(64, 48),
+        task="detection",
+        targets=[{"boxes": [[0, 0, 32, 24], [10, 10, 20, 20]], "labels": [0, 1]}],
+        rng=np.random.default_rng(0),
+    )
+    labels = batch["labels"][0]
+    assert labels[-1] == EOS_ID and (labels != IGNORE_INDEX).all()
+    out = proc.post_process_object_detection(labels[None], target_sizes=[(48, 64)])[0]
+    assert sorted(out["names"]) == ["cat", "teddy bear"]
+    assert sorted(out["labels"].tolist()) == [0, 1]
+    first = out["names"].index("teddy bear")
+    torch.testing.assert_close(
+        out["boxes"][first], torch.tensor([0.032, 0.032, 32.032, 24.032]), atol=0.04, rtol=0
+    )

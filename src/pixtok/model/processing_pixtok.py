@@ -89,6 +89,8 @@ class PixtokProcessor(ProcessorMixin):
         open_vocabulary (`bool`, *optional*, defaults to `False`): classes written as text.
         max_objects (`int`, *optional*, defaults to 100): objects per detection sequence.
         eos_weight (`float`, *optional*, defaults to 0.1): loss weight of the detection EOS.
+        ordering (`str`, *optional*, defaults to `"random"`): detection object order in training
+            targets (``random``, ``area``, ``distance``, ``given``; see :mod:`box_codec`).
         seed (`int`, *optional*): seed of the processor's own generator (random object order and
             sequence augmentation) when a call passes no ``rng``.
     """
@@ -102,6 +104,7 @@ class PixtokProcessor(ProcessorMixin):
         open_vocabulary: bool = False,
         max_objects: int = 100,
         eos_weight: float = 0.1,
+        ordering: str = "random",
         seed: int | None = None,
         chat_template: str | None = None,
     ) -> None:
@@ -112,6 +115,7 @@ class PixtokProcessor(ProcessorMixin):
         self.open_vocabulary = bool(open_vocabulary)
         self.max_objects = int(max_objects)
         self.eos_weight = float(eos_weight)
+        self.ordering = ordering
         self.seed = seed
         first_coord = tokenizer.convert_tokens_to_ids("<loc_0>")
         has_pixtok = isinstance(first_coord, int) and first_coord != tokenizer.unk_token_id
@@ -122,7 +126,7 @@ class PixtokProcessor(ProcessorMixin):
         self.codec = (
             None
             if self.open_vocabulary or not self.class_names
-            else DetectionCodec(self.vocab, max_objects=self.max_objects, eos_weight=self.eos_weight)
+            else DetectionCodec(self.vocab, self.max_objects, ordering, self.eos_weight)
         )
         self.codec_stats = CodecStats()
         """Running counts of boxes clipped / dropped while building targets (read it to report)."""
@@ -165,6 +169,7 @@ class PixtokProcessor(ProcessorMixin):
             "open_vocabulary": self.open_vocabulary,
             "max_objects": self.max_objects,
             "eos_weight": self.eos_weight,
+            "ordering": self.ordering,
             "seed": self.seed,
         }
         path = out / PROCESSOR_CONFIG_NAME
