@@ -23,6 +23,7 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -45,7 +46,13 @@ def make_batch(rng: np.random.Generator, batch: int, objects: int) -> tuple[list
     return boxes, labels, sizes
 
 
-def loop_encoder(codec: DetectionCodec, boxes, labels, sizes, rng: np.random.Generator) -> np.ndarray:
+def loop_encoder(
+    codec: DetectionCodec,
+    boxes: list[np.ndarray],
+    labels: list[np.ndarray],
+    sizes: list[tuple[int, int]],
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Baseline: the same sequence, one object at a time in Python."""
     v, k = codec.vocab, codec.max_objects
     rows = []
@@ -78,7 +85,7 @@ def loop_encoder(codec: DetectionCodec, boxes, labels, sizes, rng: np.random.Gen
     return np.array([r + [PAD_ID] * (width - len(r)) for r in rows], dtype=np.int64)
 
 
-def best_rate(fn, images: int, repeats: int, min_seconds: float) -> tuple[float, float]:
+def best_rate(fn: Callable[[], object], images: int, repeats: int, min_seconds: float) -> tuple[float, float]:
     """Best of ``repeats`` runs (each at least ``min_seconds`` of back-to-back calls), in images/s.
 
     Returns ``(per CPU second, per wall second)``: the process is single-threaded and pinned to one

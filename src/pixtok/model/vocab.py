@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class PixtokVocab:
         tokens += [f"<task_{t}>" for t in TASKS]
         return tokens
 
-    def check_tokenizer(self, tokenizer) -> None:
+    def check_tokenizer(self, tokenizer: Any) -> None:
         """Raise if ``tokenizer`` does not map the added tokens to the ids computed here."""
         if len(tokenizer) != self.size:
             raise ValueError(
@@ -185,7 +186,7 @@ class PixtokVocab:
         return self.class_offset + label
 
 
-def vocab_from_config(config) -> PixtokVocab:
+def vocab_from_config(config: Any) -> PixtokVocab:
     """Build the vocabulary a :class:`PixtokConfig` (or anything with the same fields) describes."""
     id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
     names: Sequence[str] = [id2label[i] for i in sorted(id2label)]
