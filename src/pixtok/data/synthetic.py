@@ -155,25 +155,25 @@ def _shape_mask(
 
 
 def texture_bank(size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Patterns computed once per run: ``(size, size + 16, 3)`` int16 texture of every stuff class
-    (cropped at a random phase per image) and a ``(2 size, 2 size)`` int16 ``"noise"`` field
-    (Gaussian, sigma 8; each image adds a random window of it)."""
-    yy, xx = np.mgrid[0:size, 0 : size + 16].astype(np.float32)
+    """Every stuff class's texture, computed once per run: ``(2 size, 2 size, 3)`` uint8 = base
+    colour + pattern (gradient, bricks, stripes) + Gaussian noise (sigma 8). Each image shows a
+    random ``size x size`` window of it, so scenes differ without per-image texture synthesis."""
+    span = 2 * size
+    yy, xx = np.mgrid[0:span, 0:span].astype(np.float32)
     rows = (yy // 8).astype(np.int32)
     mortar = (yy % 8 < 1) | (((xx + 8 * (rows % 2)) % 16) < 1)
     patterns = {
-        "sky": (yy / size - 0.5) * -40.0,
+        "sky": (yy / span - 0.5) * -40.0,
         "wall": np.where(mortar, -45.0, 0.0),
         "grass": 12.0 * np.sin(xx * 1.3) * np.sin(yy * 0.4),
         "sand": 10.0 * np.sin((xx + yy) * 0.35),
     }
-    bank = {
-        name: np.rint(np.asarray(STUFF[name], np.float32) + patterns[name][..., None]).astype(np.int16)
-        for name in STUFF
-    }
-    bank["noise"] = np.rint(np.random.default_rng([seed]).normal(0.0, 8.0, (2 * size, 2 * size))).astype(
-        np.int16
-    )
+    rng = np.random.default_rng([seed])
+    bank = {}
+    for name in STUFF:
+        noise = rng.normal(0.0, 8.0, (span, span, 1))
+        texture = np.asarray(STUFF[name], np.float32) + patterns[name][..., None] + noise
+        bank[name] = np.clip(np.rint(texture), 0, 255).astype(np.uint8)
     return bank
 
 
@@ -201,13 +201,10 @@ def render_scene(
         columns * rng.uniform(0.03, 0.1) + rng.uniform(0, 6.3)
     )
     top_mask = columns[:, None] < horizon[None, :]
-    shift = int(rng.integers(0, 16))  # texture phase
-    background = np.where(
-        top_mask[..., None], textures[top][:, shift : shift + size], textures[bottom][:, shift : shift + size]
-    )
-    oy, ox = rng.integers(0, size, 2)
-    noise = textures["noise"][oy : oy + size, ox : ox + size, None]
-    image = np.clip(background + noise, 0, 255).astype(np.uint8)
+    top_y, top_x, bottom_y, bottom_x = rng.integers(0, size, 4)  # texture windows
+    image = textures[bottom][bottom_y : bottom_y + size, bottom_x : bottom_x + size].copy()
+    top_pixels = np.repeat(top_mask[..., None], 3, axis=2)
+    np.copyto(image, textures[top][top_y : top_y + size, top_x : top_x + size], where=top_pixels)
 
     things: list[Thing] = []
     full_areas: list[int] = []  # pixels of each thing before occlusion
@@ -331,7 +328,8 @@ def narrative(scene: Scene, rng: np.random.Generator, size: int) -> dict:
         last = k == len(things) - 1
         if last and k > 0:
             utterances.append(("and", None))
-        utterances.append((f"a {thing.phrase}{'.' if last else ','}", thing))
+        suffix = "." if last else ("," if len(things) > 2 else "")  # "a, b, and c." / "a and b."
+        utterances.append((f"a {thing.phrase}{suffix}", thing))
     if stuff:
         utterances.append(("In the background there is", None))
         for k, region in enumerate(stuff):
