@@ -498,6 +498,7 @@ class StaticT5Decoder:
         """
         graph = self._graphs.get(key)
         if graph is None:
+            self.reset()  # the warm-up decodes from position 0, inside the cache
             stream = torch.cuda.Stream(device=self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):

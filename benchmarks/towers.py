@@ -1,0 +1,247 @@
+"""Vision-tower throughput: SAM ViT-B at 1024² (batch 8) and EVA02-L/14 at 448² (batch 16), bf16.
+
+Baselines are the stock modules — transformers' ``SamVisionModel`` with SDPA attention and timm's
+``eva02_large_patch14_448`` — in bf16, eager. "Ours" are pixtok's towers (``model/sam.py``'s
+``SamImageEncoder``, ``model/eva02.py``'s ``Eva02Encoder``), eager and under ``torch.compile``;
+for EVA02 also with the q/k/v projections fused into one matrix (``qkv_fused=True``). Random
+weights and inputs, ``torch.inference_mode``; CUDA events after warm-up, median of repeats.
+
+FLOPs per image are counted analytically from the configs (matrix products and attention, with
+SAM's window padding) and cross-checked against ``torch.utils.flop_counter``; MFU is achieved
+FLOP/s over the H100 SXM dense-bf16 datasheet rate (989 TFLOP/s) and over the bf16 matmul rate
+measured in the same run.
+
+    PYTHONPATH=src python3 benchmarks/towers.py [--out DIR] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from timing import (
+    RESULTS_DIR,
+    bf16_matmul_tflops,
+    command_line,
+    device_description,
+    median,
+    spread,
+    time_cuda_ms,
+    write_result,
+)
+
+DATASHEET_BF16_TFLOPS = 989.4  # H100 SXM, dense
+SAM_BATCH, EVA_BATCH = 8, 16
+
+
+def sam_vit_flops(cfg: Any) -> float:
+    """FLOPs of one SAM ViT image-encoder forward (patch embed, blocks with window padding, neck)."""
+    d, p, s = cfg.hidden_size, cfg.patch_size, cfg.image_size
+    g = s // p
+    n = g * g
+    total = 2 * n * 3 * p * p * d  # patch embedding
+    for i in range(cfg.num_hidden_layers):
+        if i in cfg.global_attn_indexes or cfg.window_size == 0:
+            tokens, groups, size = n, 1, g
+        else:
+            w = cfg.window_size
+            gp = math.ceil(g / w) * w
+            tokens, groups, size = gp * gp, (gp // w) ** 2, w
+        per_group = tokens // groups
+        total += 2 * tokens * 4 * d * d  # qkv + output projection
+        total += groups * 4 * per_group * per_group * d  # q k^T and attn v
+        total += 2 * tokens * 2 * size * d  # decomposed relative position (q . R_h, q . R_w)
+        total += 2 * n * 2 * d * cfg.mlp_dim  # MLP
+    c = cfg.output_channels
+    total += 2 * n * d * c + 2 * n * 9 * c * c  # neck: 1x1 conv, 3x3 conv
+    return float(total)
+
+
+def eva_flops(eva: nn.Module, image_size: int) -> float:
+    """FLOPs of one timm EVA02 ``forward_features`` (patch embed, attention, SwiGLU MLP)."""
+    d = eva.embed_dim
+    p = eva.patch_embed.patch_size[0]
+    patches = (image_size // p) ** 2
+    n = patches + eva.num_prefix_tokens
+    hidden = eva.blocks[0].mlp.fc2.in_features
+    mlp_mats = 3 if hasattr(eva.blocks[0].mlp, "fc1_g") else 2
+    per_block = 2 * n * 4 * d * d + 4 * n * n * d + 2 * n * mlp_mats * d * hidden
+    return float(2 * patches * 3 * p * p * d + len(eva.blocks) * per_block)
+
+
+def counted_flops(module: nn.Module, example: torch.Tensor, fn: Callable | None = None) -> float:
+    """FLOPs torch's flop counter sees for one forward of ``module`` on ``example`` (batch 1)."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        (fn or module)(example)
+    return float(counter.get_total_flops())
+
+
+def throughput(fn: Callable[[], Any], batch: int, warmup: int, repeats: int) -> tuple[float, float, float]:
+    """(images/s from the median, spread, seconds of the first call = compile time if any)."""
+    start = time.time()
+    with torch.inference_mode():
+        fn()
+        torch.cuda.synchronize()
+        first = time.time() - start
+        times = time_cuda_ms(fn, warmup=warmup, repeats=repeats)
+    return batch / (median(times) * 1e-3), spread(times), first
+
+
+def top_kernels(fn: Callable[[], Any], k: int = 8) -> list[tuple[str, float]]:
+    """The k CUDA kernels with the most total time over one call (name, ms)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:k]
+    return [(r.key[:90], r.device_time_total / 1e3) for r in rows]
+
+
+def run(args: argparse.Namespace) -> None:
+    device = torch.device("cuda")
+    deadline = time.time() + args.budget_s
+    out_path = Path(args.out) / "towers.json"
+    device_name = device_description(device)
+    matmul = bf16_matmul_tflops(device)
+    metrics: dict[str, Any] = {
+        "bf16_matmul_tflops_measured": round(matmul, 1),
+        "datasheet_bf16_tflops": DATASHEET_BF16_TFLOPS,
+    }
+    print(f"[towers] {device_name}; bf16 matmul {matmul:.0f} TFLOP/s", flush=True)
+    table: list[tuple[str, str, float, float]] = []
+
+    def record(
+        tower: str, name: str, fn: Callable[[], Any], batch: int, flops: float, compiled: bool
+    ) -> float:
+        if compiled and (args.no_compile or time.time() > deadline):
+            print(f"[towers] {tower} {name}: skipped (no compile / time budget)", flush=True)
+            return 0.0
+        try:
+            ips, spr, first = throughput(fn, batch, warmup=3, repeats=args.repeats)
+        except Exception as exc:  # one failing variant must not cost the run
+            print(f"[towers] {tower} {name} FAILED: {exc!r}"[:600], flush=True)
+            metrics[f"{tower}_{name}_error"] = repr(exc)[:300]
+            return 0.0
+        mfu = ips * flops / (DATASHEET_BF16_TFLOPS * 1e12)
+        key = f"{tower}_{name}"
+        metrics[f"{key}_img_per_s"] = round(ips, 1)
+        metrics[f"{key}_mfu"] = round(mfu, 4)
+        metrics[f"{key}_spread"] = round(spr, 3)
+        if compiled:
+            metrics[f"{key}_compile_s"] = round(first, 1)
+        table.append((tower, name, ips, mfu))
+        print(
+            f"[towers] {tower} {name}: {ips:.1f} img/s, MFU {100 * mfu:.1f}% (first call {first:.1f} s)",
+            flush=True,
+        )
+        return ips
+
+    # --- SAM ViT-B ---
+    from transformers import SamVisionConfig, SamVisionModel
+
+    sam_cfg = SamVisionConfig()
+    sam_cfg._attn_implementation = "sdpa"
+    flops = sam_vit_flops(sam_cfg)
+    with torch.device("meta"):
+        counted = counted_flops(SamVisionModel(sam_cfg).eval(), torch.randn(1, 3, 1024, 1024))
+    metrics["sam_b_gflop_per_img"] = round(flops / 1e9, 1)
+    metrics["sam_b_gflop_per_img_flop_counter"] = round(counted / 1e9, 1)
+    print(f"[towers] SAM-B {flops / 1e9:.0f} GFLOP/img (flop counter {counted / 1e9:.0f})", flush=True)
+    x = torch.randn(SAM_BATCH, 3, 1024, 1024, device=device, dtype=torch.bfloat16)
+    with torch.device(device):
+        stock = SamVisionModel(sam_cfg).to(torch.bfloat16).eval()
+    best = record("sam_b", "stock_sdpa", lambda m=stock: m(x), SAM_BATCH, flops, False)
+    for name, ms in top_kernels(lambda m=stock: m(x)):
+        print(f"[towers]   stock SAM kernel {ms:8.2f} ms  {name}", flush=True)
+    del stock
+    ours_name = "pixtok.model.sam.SamImageEncoder"
+    try:
+        from pixtok.model.sam import SamImageEncoder
+
+        with torch.device(device):
+            ours = SamImageEncoder(sam_cfg).to(torch.bfloat16).eval()
+    except Exception as exc:  # the tower file is someone else's: fall back to the module it wraps
+        print(f"[towers] {ours_name} unavailable ({exc!r}); using transformers' SamVisionEncoder", flush=True)
+        from transformers.models.sam.modeling_sam import SamVisionEncoder
+
+        ours_name = "transformers SamVisionEncoder"
+        with torch.device(device):
+            ours = SamVisionEncoder(sam_cfg).to(torch.bfloat16).eval()
+    metrics["sam_b_ours_module"] = ours_name
+    best = max(best, record("sam_b", "ours_eager", lambda m=ours: m(x), SAM_BATCH, flops, False))
+    compiled = torch.compile(ours)
+    best = max(best, record("sam_b", "ours_compile", lambda m=compiled: m(x), SAM_BATCH, flops, True))
+    metrics["sam_b_img_per_s"] = round(best, 1)
+    metrics["sam_b_mfu"] = round(best * flops / (DATASHEET_BF16_TFLOPS * 1e12), 4)
+    del ours, compiled, x
+    gc.collect()
+    torch.cuda.empty_cache()
+    write_result(out_path, "towers", device_name, command_line(), metrics)
+
+    # --- EVA02-L/14 at 448 ---
+    import timm
+
+    x = torch.randn(EVA_BATCH, 3, 448, 448, device=device, dtype=torch.bfloat16)
+    with torch.device(device):
+        stock = timm.create_model("eva02_large_patch14_448", pretrained=False).to(torch.bfloat16).eval()
+    flops = eva_flops(stock, 448)
+    with torch.device("meta"):
+        meta = timm.create_model("eva02_large_patch14_448", pretrained=False).eval()
+        counted = counted_flops(meta, torch.randn(1, 3, 448, 448), meta.forward_features)
+    metrics["eva02_l_gflop_per_img"] = round(flops / 1e9, 1)
+    metrics["eva02_l_gflop_per_img_flop_counter"] = round(counted / 1e9, 1)
+    print(f"[towers] EVA02-L {flops / 1e9:.0f} GFLOP/img (flop counter {counted / 1e9:.0f})", flush=True)
+    best = record("eva02_l", "stock_timm", lambda m=stock: m.forward_features(x), EVA_BATCH, flops, False)
+    for name, ms in top_kernels(lambda m=stock: m.forward_features(x)):
+        print(f"[towers]   stock EVA kernel {ms:8.2f} ms  {name}", flush=True)
+    del stock
+    variants: list[tuple[str, nn.Module]] = []
+    try:
+        from pixtok.model.configuration_towers import PixtokEva02Config
+        from pixtok.model.eva02 import Eva02Encoder
+
+        with torch.device(device):
+            variants.append(("ours_eager", Eva02Encoder(PixtokEva02Config()).to(torch.bfloat16).eval()))
+            fused = Eva02Encoder(PixtokEva02Config(qkv_fused=True)).to(torch.bfloat16).eval()
+        variants += [("ours_qkv_fused_eager", fused), ("ours_qkv_fused_compile", fused)]
+        metrics["eva02_l_ours_module"] = "pixtok.model.eva02.Eva02Encoder"
+    except Exception as exc:
+        print(f"[towers] pixtok Eva02Encoder unavailable ({exc!r}); using timm's Eva", flush=True)
+        with torch.device(device):
+            model = timm.create_model("eva02_large_patch14_448", pretrained=False).to(torch.bfloat16).eval()
+        variants = [("ours_eager", model), ("ours_compile", model)]
+        metrics["eva02_l_ours_module"] = "timm eva02_large_patch14_448"
+    for name, module in variants:
+        forward = getattr(module, "forward_features", module)
+        compiled = "compile" in name
+        fn = torch.compile(forward) if compiled else forward
+        best = max(best, record("eva02_l", name, lambda f=fn: f(x), EVA_BATCH, flops, compiled))
+    metrics["eva02_l_img_per_s"] = round(best, 1)
+    metrics["eva02_l_mfu"] = round(best * flops / (DATASHEET_BF16_TFLOPS * 1e12), 4)
+    write_result(out_path, "towers", device_name, command_line(), metrics)
+    print("\n| tower | variant | img/s | MFU (989 TFLOP/s) |\n| --- | --- | --- | --- |")
+    for tower, name, ips, mfu in table:
+        print(f"| {tower} | {name} | {ips:.1f} | {100 * mfu:.1f}% |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for towers.json")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--budget-s", type=float, default=400.0, help="no new compile variant after this")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
