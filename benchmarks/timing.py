@@ -110,8 +110,17 @@ def write_result(
 
 
 def command_line() -> str:
-    """The command that ran this process, as a reader would retype it."""
-    return "PYTHONPATH=src python3 " + " ".join(sys.argv)
+    """The command that ran this process, as a reader would retype it (``--out DIR`` left out)."""
+    args, kept = sys.argv[1:], []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return " ".join(["PYTHONPATH=src python3", sys.argv[0], *kept])
 
 
 __all__ = [
