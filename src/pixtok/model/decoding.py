@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -268,7 +268,6 @@ class DecodeResult:
     token_scores: torch.Tensor
     hidden_states: torch.Tensor
     lengths: torch.Tensor
-    extras: dict = field(default_factory=dict)
 
 
 def _nucleus_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -320,6 +319,11 @@ def decode(
     eos_allowed = grammar.allowed[:, EOS_ID]  # (S,) states between objects
     tail = int(grammar.cost_after[grammar.allowed].max()) + 1
     counts_objects = bool(grammar.completes_object.any()) and grammar.task == "detection"
+    # Every object takes at least 5 tokens: when the budget cannot hold more than max_objects of
+    # them, the budget rule already enforces the limit and the per-step object check is skipped.
+    max_objects = options.max_objects
+    if max_objects is not None and budget < 5 * (max_objects + 1) + 1:
+        max_objects = None
     tokens_out, scores_out, hidden_out = [], [], []
     for step in range(budget):
         logits, hidden = step_fn(ids)
@@ -329,13 +333,13 @@ def decode(
         remaining = budget - step - 1
         if remaining < tail:  # only tokens from which the sequence can still end in time
             legal = legal & (grammar.cost_after[state] <= remaining)
-        if counts_objects and (options.min_objects or options.max_objects is not None):
+        if counts_objects and (options.min_objects or max_objects is not None):
             boundary = eos_allowed[state]
             if options.min_objects:
                 block_eos = boundary & (objects < options.min_objects) & (remaining >= tail)
                 legal[:, EOS_ID] &= ~block_eos
-            if options.max_objects is not None:
-                force_eos = boundary & (objects >= options.max_objects)
+            if max_objects is not None:
+                force_eos = boundary & (objects >= max_objects)
                 only_eos = torch.zeros_like(legal[0])
                 only_eos[EOS_ID] = True
                 legal = torch.where(force_eos[:, None], only_eos, legal)
