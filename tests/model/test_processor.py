@@ -254,3 +254,20 @@ def test_open_vocabulary_targets_and_post_processing():
     torch.testing.assert_close(
         out["boxes"][first], torch.tensor([0.032, 0.032, 32.032, 24.032]), atol=0.04, rtol=0
     )
+
+
+def test_auto_processor_resolves_a_saved_folder(proc, tmp_path):
+    from transformers import AutoConfig, AutoProcessor
+
+    from pixtok.model.configuration_pixtok import PixtokConfig
+
+    # What `import pixtok` registers (lead's __init__); exist_ok so the two never clash.
+    AutoConfig.register("pixtok", PixtokConfig, exist_ok=True)
+    AutoProcessor.register(PixtokConfig, PixtokProcessor, exist_ok=True)
+    PixtokConfig.from_preset("tiny").save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=False)
+    assert type(loaded) is PixtokProcessor and loaded.vocab == proc.vocab
+    model_only = tmp_path / "model_only"
+    PixtokConfig.from_preset("tiny").save_pretrained(model_only)  # a model folder without processor files
+    assert PixtokProcessor.from_pretrained(model_only).vocab == proc.vocab

@@ -14,6 +14,7 @@ Model space: a coordinate divided by the original image's long side (the padded 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -191,10 +192,13 @@ class PixtokProcessor(ProcessorMixin):
             raise FileNotFoundError(f"{path} has neither {PROCESSOR_CONFIG_NAME} nor a pixtok config.json")
         settings = json.loads(settings_file.read_text())
         settings.pop("processor_class", None)
-        settings.update(kwargs)
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "image_processor", "tokenizer"}
+        settings.update({k: v for k, v in kwargs.items() if k in own})
+        loading = {k: v for k, v in kwargs.items() if k not in own}  # trust_remote_code, revision, ...
+        loading.pop("trust_remote_code", None)
         return cls(
-            image_processor=PixtokImageProcessor.from_pretrained(path),
-            tokenizer=AutoTokenizer.from_pretrained(path),
+            image_processor=PixtokImageProcessor.from_pretrained(path, **loading),
+            tokenizer=AutoTokenizer.from_pretrained(path, **loading),
             **settings,
         )
 
