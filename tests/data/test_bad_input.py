@@ -180,3 +180,43 @@ def test_localized_narratives_bad_records(tmp_path: Path) -> None:
     assert a["points"][2] == pytest.approx([40.0, 0.0])  # (1.4, -0.2) clamped to (1, 0)
     assert b["words"] == ["A", "dog.", "A", "cat"] and all(math.isnan(p[0]) for p in b["points"])
     assert all(math.isnan(p[0]) for p in c["points"])
+
+
+def test_rgba_cmyk_and_exif_rotated_images_in_a_loader(tmp_path: Path, image_dir: Path) -> None:
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., 3] = 0  # fully transparent -> white after repair
+    PIL.Image.fromarray(rgba, "RGBA").save(image_dir / "rgba.png")
+    PIL.Image.new("CMYK", (32, 24), (0, 255, 255, 0)).save(image_dir / "cmyk.jpg")
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 8  # stored 24 wide x 32 high, displayed rotated to 32 x 24
+    PIL.Image.new("RGB", (24, 32), (0, 0, 200)).save(image_dir / "rotated.jpg", exif=exif)
+    names = ["rgba.png", "cmyk.jpg", "rotated.jpg"]
+    images = [_image_entry(i + 1, n) for i, n in enumerate(names)]
+    anns = [_ann(i + 1, i + 1, [1, 1, 30, 20]) for i in range(len(names))]
+    ds = D.load("coco", annotations=write_coco(tmp_path / "a.json", images, anns), images=image_dir)
+    assert ds["image_id"] == ["1", "2", "3"]
+    report = D.load_report(ds)
+    assert report.repaired["RGBA image converted to 8-bit RGB"] == 1
+    assert report.notes["CMYK image decoded as RGB"] == 1
+    assert report.notes["EXIF-rotated image decoded upright"] == 1
+    assert "annotation size differs from image file" not in report.repaired  # 32x24 upright = JSON
+    white, red, rotated = (ds[i]["image"] for i in range(3))
+    assert np.asarray(white)[0, 0].tolist() == [255, 255, 255]
+    assert np.asarray(red)[5, 5, 0] > 200 and rotated.size == (32, 24)
+    assert ds[2]["objects"]["boxes"] == [[1.0, 1.0, 31.0, 21.0]]
+
+
+def test_check_modes_trade_speed_for_thoroughness(tmp_path: Path, image_dir: Path) -> None:
+    full = image_dir / "noise.jpg"
+    PIL.Image.fromarray(np.random.default_rng(2).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(full)
+    data = full.read_bytes()
+    (image_dir / "truncated.jpg").write_bytes(data[: len(data) * 2 // 3])
+    images = [_image_entry(1, "truncated.jpg"), _image_entry(2, "absent.jpg")]
+    path = write_coco(tmp_path / "a.json", images, [])
+    assert D.load("coco", annotations=path, images=image_dir)["image_id"] == []
+    exists = D.load("coco", annotations=path, images=image_dir, check_images="exists")
+    assert exists["image_id"] == ["1"]  # truncation is not seen without decoding
+    assert exists["width"] == [32]  # the JSON size is trusted (reading the column decodes no image)
+    assert D.load("coco", annotations=path, images=image_dir, check_images="none")["image_id"] == ["1", "2"]
+    with pytest.raises(ValueError, match="check_images must be one of"):
+        D.load("coco", annotations=path, images=image_dir, check_images="fast")

@@ -127,3 +127,22 @@ def test_video_localized_narratives_sample(fixtures: Path) -> None:
     assert first["words"][1] == "group" and first["image"] is None and first["width"] is None
     assert all(k == -1 or 0 <= k < len(first["keyframe_names"]) for k in first["keyframes"])
     assert first["image_id"].startswith("c1a40349/")
+
+
+def test_video_narratives_with_keyframes_use_pixels(tmp_path: Path, fixtures: Path) -> None:
+    import PIL.Image
+
+    path = fixtures / "vidln_OVIS_train_sample.jsonl.gz"
+    plain = D.load("video_localized_narratives", annotations=path)
+    first = plain[0]
+    video, name = first["image_id"].split("/")
+    folder = tmp_path / video
+    folder.mkdir()
+    PIL.Image.new("RGB", (200, 100)).save(folder / f"{name}.jpg")
+    ds = D.load("video_localized_narratives", annotations=path, images=tmp_path)
+    assert ds[0]["image_id"] == first["image_id"] and ds[0]["image"].size == (200, 100)
+    for (x, y), (nx, ny) in zip(ds[0]["points"], first["points"]):
+        if not math.isnan(nx):
+            assert x == pytest.approx(nx * 200, rel=1e-5) and y == pytest.approx(ny * 100, rel=1e-5)
+    # the other actors' keyframes are absent: skipped and counted, never fatal
+    assert D.load_report(ds).skipped["image file missing"] == len(plain) - 1

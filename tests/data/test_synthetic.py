@@ -100,21 +100,34 @@ def test_narrative_words_point_at_the_objects_they_name(synthetic_root: Path) ->
 
 def test_referring_expressions_are_unambiguous() -> None:
     rng = np.random.default_rng(0)
-    for _ in range(30):
+    relations = 0
+    for _ in range(40):
         scene = synthetic.render_scene(rng, 64)
-        for index, target in enumerate(scene.things):
-            for text in synthetic.referring_expressions(index, scene.things):
+        things = scene.things
+        for index, target in enumerate(things):
+            for text in synthetic.referring_expressions(index, things):
                 words = text.split()
-                subject = words[
-                    1 : next(
-                        (k for k, w in enumerate(words) if w in ("left", "right", "above", "below")),
-                        len(words),
-                    )
-                ]
-                matching = [t for t in scene.things if all(w in (t.shape, t.color, t.size) for w in subject)]
+                cut = next(
+                    (k for k, w in enumerate(words) if w in ("left", "right", "above", "below")), len(words)
+                )
+                subject = words[1:cut]
+                matching = [t for t in things if all(w in (t.shape, t.color, t.size) for w in subject)]
                 assert target in matching
-                if len(words) == 1 + len(subject):
+                if cut == len(words):
                     assert matching == [target]
+                    continue
+                relations += 1
+                relation = " ".join(words[cut : cut + (2 if words[cut] in ("left", "right") else 1)])
+                anchor_words = words[cut + len(relation.split()) + 1 :]  # skip "the"
+                anchors = [t for t in things if all(w in (t.shape, t.color, t.size) for w in anchor_words)]
+                assert len(anchors) == 1 and anchors[0] is not target
+                holds = [
+                    t
+                    for t in matching
+                    if t is not anchors[0] and synthetic._relation(t, anchors[0]) == relation
+                ]
+                assert holds == [target]
+    assert relations > 20
 
 
 def test_cli_arguments_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -146,10 +146,10 @@ def augment(
     def map_y(y: np.ndarray) -> np.ndarray:
         return y * sy - crop_y
 
-    resized = image.convert("RGB").resize((new_w, new_h), PIL.Image.BILINEAR)
+    resized = image.convert("RGB").resize((new_w, new_h), PIL.Image.Resampling.BILINEAR)
     content = resized.crop((crop_x, crop_y, crop_x + content_w, crop_y + content_h))
     if flipped:
-        content = content.transpose(PIL.Image.FLIP_LEFT_RIGHT)
+        content = content.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
     if config.color_jitter:
         content = _color_jitter(content, config.color_jitter, rng)
     out = PIL.Image.new("RGB", (canvas, canvas), (config.fill,) * 3)

@@ -45,6 +45,8 @@ class LoadReport:
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def _add(self, kind: str, reason: str, message: str, count: int) -> None:
+        if count <= 0:
+            return
         table = getattr(self, kind)
         table[reason] = table.get(reason, 0) + count
         kept = self.examples.setdefault(reason, [])
