@@ -22,6 +22,8 @@ from pixtok.model.sam import (
     SamMaskDecoder,
     SamPromptEncoder,
     convert_segment_anything_checkpoint,
+    convert_segment_anything_state_dict,
+    infer_sam_configs,
     load_sam_weights,
     load_segment_anything_checkpoint,
     load_state_dict_checked,
@@ -276,3 +278,57 @@ def test_eva02_timm_name_through_timms_own_loading(tmp_path):
     encoder = Eva02Encoder(config)
     load_state_dict_checked(encoder, loaded, "eva02_tiny_patch14_224")
     assert torch.equal(encoder.eva.pos_embed, source.pos_embed)
+
+
+# The released SAM sizes (segment-anything's build_sam.py); presets.py owns pixtok's canonical copy.
+RELEASED_SAM = {
+    "vit_b": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, global_attn_indexes=[2, 5, 8, 11]
+    ),
+    "vit_l": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, global_attn_indexes=[5, 11, 17, 23]
+    ),
+    "vit_h": dict(
+        hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, global_attn_indexes=[7, 15, 23, 31]
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(RELEASED_SAM))
+def test_released_sam_layouts_convert_and_infer_their_sizes(variant):
+    """segment-anything's own builders, on the meta device: every key converts, sizes are read back."""
+    from segment_anything import sam_model_registry
+
+    with torch.device("meta"):
+        official = sam_model_registry[variant]()
+        parts = convert_segment_anything_state_dict(official.state_dict())
+        vision, prompt, decoder = infer_sam_configs(parts)
+        for key, value in RELEASED_SAM[variant].items():
+            assert getattr(vision, key) == value, key
+        assert (vision.image_size, vision.patch_size, vision.window_size, vision.output_channels) == (
+            1024,
+            16,
+            14,
+            256,
+        )
+        assert (vision.mlp_dim, vision.num_pos_feats) == (4 * vision.hidden_size, 128)
+        assert (prompt.hidden_size, prompt.mask_input_channels) == (256, 16)
+        assert (decoder.mlp_dim, decoder.num_hidden_layers, decoder.iou_head_depth, decoder.iou_head_hidden_dim) == (
+            2048, 2, 3, 256,
+        )  # fmt: skip
+        modules = {
+            "image_encoder": SamImageEncoder(vision),
+            "prompt_encoder": SamPromptEncoder(prompt, vision),
+            "mask_decoder": SamMaskDecoder(decoder),
+        }
+    for name, module in modules.items():
+        load_state_dict_checked(module, parts[name], f"{variant} [{name}]")  # every key and shape fits
+
+
+def test_converted_folder_carries_its_config(official_pth, tmp_path):
+    written = convert_segment_anything_checkpoint(official_pth, tmp_path)
+    config = SamConfig.from_json_file(str(written.parent / "sam_config.json"))
+    vision, prompt, decoder = infer_sam_configs(load_sam_weights(written))
+    assert config.vision_config.to_dict() == vision.to_dict()
+    assert config.mask_decoder_config.iou_head_depth == decoder.iou_head_depth == 4
+    assert (vision.num_hidden_layers, vision.global_attn_indexes, vision.window_size) == (2, [1], 2)

@@ -51,6 +51,7 @@ PROMPT_LABELS: dict[str, int] = {
 """Meaning of each value of ``prompt_labels`` (segment-anything's convention, boxes as two corners)."""
 
 _CONVERTED_FILENAME = "sam_towers.safetensors"
+_CONVERTED_CONFIG = "sam_config.json"
 _COORD_SLACK = 1e-4  # rounding room on [0, 1] for prompt coordinates
 
 
@@ -488,6 +489,79 @@ def convert_segment_anything_state_dict(state_dict: Mapping[str, Tensor]) -> dic
     return out
 
 
+def infer_sam_configs(
+    parts: Mapping[str, Mapping[str, Tensor]],
+) -> tuple[SamVisionConfig, SamPromptEncoderConfig, SamMaskDecoderConfig]:
+    """Read the SAM sizes off converted weights (the output of any loader here).
+
+    Everything is fixed by tensor shapes except the mask decoder's head count, which no weight
+    reveals: it keeps segment-anything's value (8, every released SAM). Heads of the ViT follow from
+    the relative-position tables (one row per head dimension); global-attention blocks are those whose
+    tables span the whole grid.
+
+    Args:
+        parts: ``{"image_encoder": ..., "prompt_encoder": ..., "mask_decoder": ...}`` state dicts.
+
+    Returns:
+        (vision, prompt encoder, mask decoder) configs that the weights load into.
+    """
+    missing = [part for part in SAM_PARTS if part not in parts]
+    if missing:
+        raise ValueError(f"cannot infer SAM configs: no weights for {', '.join(missing)}")
+    image, prompt, decoder = (parts[part] for part in SAM_PARTS)
+    patch = image["vision_encoder.patch_embed.projection.weight"]  # (hidden, channels, p, p)
+    hidden, channels, patch_size = patch.shape[0], patch.shape[1], patch.shape[-1]
+    depth = 1 + max(int(key.split(".")[2]) for key in image if key.startswith("vision_encoder.layers."))
+    pos = image.get("vision_encoder.pos_embed")
+    grid = pos.shape[1] if pos is not None else None
+    spans = [int(image[f"vision_encoder.layers.{i}.attn.rel_pos_h"].shape[0] + 1) // 2 for i in range(depth)]
+    head_dim = int(image["vision_encoder.layers.0.attn.rel_pos_h"].shape[1])
+    grid = grid if grid is not None else max(spans)
+    global_indexes = [i for i, span in enumerate(spans) if span == grid]
+    windows = {span for span in spans if span != grid}
+    if len(windows) > 1:
+        raise ValueError(f"SAM image encoder mixes window sizes {sorted(windows)}; expected one")
+    output_channels = int(image["vision_encoder.neck.conv1.weight"].shape[0])
+    vision = SamVisionConfig(
+        hidden_size=int(hidden),
+        num_channels=int(channels),
+        num_hidden_layers=depth,
+        num_attention_heads=int(hidden) // head_dim,
+        image_size=int(grid) * int(patch_size),
+        patch_size=int(patch_size),
+        window_size=windows.pop() if windows else 0,
+        global_attn_indexes=global_indexes,
+        output_channels=output_channels,
+        num_pos_feats=int(prompt["prompt_encoder.shared_embedding.positional_embedding"].shape[1]),
+        mlp_dim=int(image["vision_encoder.layers.0.mlp.lin1.weight"].shape[0]),
+        use_abs_pos=pos is not None,
+    )
+    prompt_config = SamPromptEncoderConfig(
+        hidden_size=int(prompt["prompt_encoder.no_mask_embed.weight"].shape[1]),
+        image_size=vision.image_size,
+        patch_size=vision.patch_size,
+        mask_input_channels=int(prompt["prompt_encoder.mask_embed.conv2.weight"].shape[0]),
+        num_point_embeddings=sum(1 for key in prompt if key.startswith("prompt_encoder.point_embed.")),
+    )
+    iou_layers = sum(
+        1 for key in decoder if re.fullmatch(r"mask_decoder\.iou_prediction_head\.layers\.\d+\.weight", key)
+    )
+    decoder_config = SamMaskDecoderConfig(
+        hidden_size=int(decoder["mask_decoder.iou_token.weight"].shape[1]),
+        mlp_dim=int(decoder["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]),
+        num_hidden_layers=1
+        + max(
+            int(key.split(".")[3]) for key in decoder if key.startswith("mask_decoder.transformer.layers.")
+        ),
+        num_multimask_outputs=int(decoder["mask_decoder.mask_tokens.weight"].shape[0]) - 1,
+        iou_head_depth=iou_layers + 2,
+        iou_head_hidden_dim=int(decoder["mask_decoder.iou_prediction_head.proj_in.weight"].shape[0]),
+        attention_downsample_rate=int(decoder["mask_decoder.iou_token.weight"].shape[1])
+        // int(decoder["mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"].shape[0]),
+    )
+    return vision, prompt_config, decoder_config
+
+
 def load_segment_anything_checkpoint(path: str | Path) -> dict[str, dict[str, Tensor]]:
     """Read an official segment-anything checkpoint (``.pth``) into pixtok's three SAM parts.
 
@@ -591,6 +665,8 @@ def convert_segment_anything_checkpoint(path: str | Path, out_dir: str | Path) -
     Returns:
         Path of the written file, ``out_dir/sam_towers.safetensors``; its keys are
         ``"<part>.<key>"`` for each part in :data:`SAM_PARTS`. Read it back with :func:`load_sam_weights`.
+        Beside it, ``sam_config.json`` holds the sizes (a transformers ``SamConfig``, from
+        :func:`infer_sam_configs`).
     """
     from safetensors.torch import save_file
 
@@ -604,6 +680,10 @@ def convert_segment_anything_checkpoint(path: str | Path, out_dir: str | Path) -
     }
     target = out / _CONVERTED_FILENAME
     save_file(flat, str(target), metadata={"format": "pt", "pixtok": "sam_towers", "source": Path(path).name})
+    vision, prompt, decoder = infer_sam_configs(parts)
+    SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder).to_json_file(
+        str(out / _CONVERTED_CONFIG)
+    )
     return target
 
 
@@ -647,6 +727,7 @@ __all__ = [
     "SamPromptEncoder",
     "convert_segment_anything_checkpoint",
     "convert_segment_anything_state_dict",
+    "infer_sam_configs",
     "load_sam_weights",
     "load_segment_anything_checkpoint",
     "load_state_dict_checked",
