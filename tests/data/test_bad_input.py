@@ -220,3 +220,18 @@ def test_check_modes_trade_speed_for_thoroughness(tmp_path: Path, image_dir: Pat
     assert D.load("coco", annotations=path, images=image_dir, check_images="none")["image_id"] == ["1", "2"]
     with pytest.raises(ValueError, match="check_images must be one of"):
         D.load("coco", annotations=path, images=image_dir, check_images="fast")
+
+
+def test_annotations_without_ids_and_odd_sizes(tmp_path: Path, image_dir: Path) -> None:
+    images = [{"id": 1, "file_name": "ok.png", "width": "wide", "height": 24}]
+    anns = [
+        {"image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]},  # no "id": not a duplicate of the next
+        {"image_id": 1, "category_id": 1, "bbox": [2, 2, 4, 4]},
+    ]
+    cats = [{"id": "x", "name": "broken"}, {"id": 1, "name": "cat"}]
+    ds = D.load("coco", annotations=write_coco(tmp_path / "a.json", images, anns, cats))
+    assert len(ds[0]["objects"]["boxes"]) == 2 and ds[0]["objects"]["ids"] == [-1, -1]
+    assert ds[0]["width"] is None and ds[0]["height"] == 24
+    report = D.load_report(ds)
+    assert report.repaired["invalid image size in annotation file"] == 1
+    assert report.skipped["malformed category"] == 1

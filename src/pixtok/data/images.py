@@ -218,6 +218,13 @@ class RowImage:
     height: int | None
 
 
+def _pixels(value: object) -> int | None:
+    """An annotation's width/height as a positive int, or None when absent or not a positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return None
+    return int(round(value))
+
+
 def row_image(
     images: str | os.PathLike | None,
     file_name: str,
@@ -242,6 +249,7 @@ def row_image(
         missing or unreadable. A size that disagrees with the annotation is replaced by the file's
         size (counted): row coordinates are then clipped to the real image.
     """
+    width, height = _pixels(width), _pixels(height)
     if images is None:
         return RowImage(None, width, height)
     if check == "none":  # no filesystem access at all: trust the annotation file

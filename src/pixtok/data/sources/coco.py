@@ -29,7 +29,11 @@ def read_categories(raw: object, report: LoadReport) -> list[dict]:
         if not isinstance(entry, dict) or "id" not in entry or "name" not in entry:
             report.skip("malformed category", f"category {entry!r} lacks 'id' or 'name'")
             continue
-        cid = int(entry["id"])
+        try:
+            cid = int(entry["id"])
+        except (TypeError, ValueError):
+            report.skip("malformed category", f"category {entry!r} has a non-integer id")
+            continue
         if cid in table:
             report.skip("duplicate category id", f"category id {cid} ({entry['name']!r}) seen before")
             continue
@@ -49,6 +53,14 @@ def read_images(raw: object, report: LoadReport) -> dict[int | str, dict]:
         if entry["id"] in table:
             report.skip("duplicate image id", f"image id {entry['id']} listed twice; the first entry is used")
             continue
+        entry = dict(entry)
+        for key in ("width", "height"):
+            value = entry.get(key)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                report.repair(
+                    "invalid image size in annotation file", f"image {entry['id']}: {key}={value!r} ignored"
+                )
+                entry[key] = None
         table[entry["id"]] = entry
     return table
 
@@ -90,10 +102,13 @@ def load_coco(
             report.skip("malformed annotation", f"annotation {str(ann)[:80]} lacks 'image_id'")
             continue
         ann_id = ann.get("id")
-        if ann_id is not None and ann_id in seen_ids:
-            report.skip("duplicate annotation id", f"annotation id {ann_id} seen before; the first is used")
-            continue
-        seen_ids.add(ann_id)
+        if ann_id is not None:
+            if ann_id in seen_ids:
+                report.skip(
+                    "duplicate annotation id", f"annotation id {ann_id} seen before; the first is used"
+                )
+                continue
+            seen_ids.add(ann_id)
         if ann["image_id"] not in per_image:
             report.skip(
                 "annotation of unknown image",
