@@ -95,9 +95,7 @@ def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], bound: f
     return np.clip(z, -bound, bound)  # after 4 redraws fewer than 1e-5 remain; clip those
 
 
-def sanitize_boxes(
-    boxes: np.ndarray, image_size: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray, CodecStats]:
+def sanitize_boxes(boxes: np.ndarray, image_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray, CodecStats]:
     """One image's boxes under the codec's rules: clipped to the image, NaN/inf and empty ones flagged.
 
     Args:

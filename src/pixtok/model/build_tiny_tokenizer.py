@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from .presets import COCO_CLASSES
 from .tokenization_pixtok import TINY_TOKENIZER_DIR
 
 TINY_BASE_VOCAB_SIZE = 2048
@@ -29,21 +30,76 @@ TINY_BASE_VOCAB_SIZE = 2048
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2: T5's convention
 _WORD_RE = re.compile(r"[A-Za-z]+|[0-9]+|[^\sA-Za-z0-9]")
 
-COCO_CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic_light", "fire_hydrant", "stop_sign", "parking_meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports_ball", "kite", "baseball_bat", "baseball_glove", "skateboard", "surfboard", "tennis_racket", "bottle", "wine_glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot_dog", "pizza", "donut", "cake", "chair", "couch", "potted_plant", "bed", "dining_table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell_phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy_bear", "hair_drier", "toothbrush"]
-COLOURS = ["red", "green", "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray", "grey", "silver", "gold", "beige", "dark", "light"]
-SHAPES = ["round", "square", "rectangular", "circular", "triangular", "long", "short", "tall", "small", "large", "big", "tiny", "huge", "wide", "narrow"]
-SPATIAL = ["left", "right", "above", "below", "top", "bottom", "middle", "center", "centre", "front", "behind", "back", "near", "far", "next", "beside", "between", "under", "over", "inside", "outside", "corner", "edge", "side", "upper", "lower", "background", "foreground", "closest", "farthest"]
-NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty", "thirty", "forty", "fifty", "hundred", "first", "second", "third", "fourth", "fifth", "several"]
-TASK_WORDS = ["detect", "detection", "objects", "object", "caption", "describe", "description", "image", "picture", "photo", "region", "regions", "find", "locate", "referring", "segment", "segmentation", "mask", "box", "boxes", "point", "points", "dense", "panoptic", "what", "where", "which", "who", "this", "that", "these", "those", "is", "are", "there"]
-COMMON = ["the", "a", "an", "and", "or", "of", "in", "on", "at", "to", "with", "without", "for", "from", "by", "is", "are", "was", "were", "be", "been", "being", "has", "have", "had", "it", "its", "he", "she", "they", "we", "you", "i", "his", "her", "their", "our", "my", "your", "man", "woman", "men", "women", "boy", "girl", "child", "children", "people", "player", "players", "baby", "lady", "guy", "group", "team", "crowd", "table", "room", "street", "road", "sky", "water", "grass", "tree", "trees", "field", "wall", "floor", "window", "door", "building", "house", "city", "beach", "snow", "mountain", "park", "sidewalk", "plate", "food", "shirt", "hat", "jacket", "hand", "hands", "head", "face", "hair", "eyes", "arm", "legs", "sign", "pole", "fence", "light", "lights", "grassy", "sandy", "sitting", "standing", "walking", "running", "holding", "looking", "wearing", "riding", "eating", "playing", "lying", "flying", "parked", "smiling", "carrying", "waiting", "throwing", "catching", "watching", "hanging", "covered", "filled", "made", "open", "closed", "empty", "some", "many", "other", "another", "each", "all", "few", "both", "very", "also", "just", "only", "then", "while", "near", "view", "shows", "showing", "can", "see", "seen", "visible", "image", "picture", "appears", "looks", "some", "person's", "little", "old", "young", "new", "white-haired", "wooden", "metal", "plastic", "glass", "paper", "stone", "brick", "concrete", "dirty", "clean", "sunny", "cloudy", "bright", "shiny", "fluffy", "down", "up", "out", "into", "onto", "through", "across", "along", "around", "toward"]
-SCENE_NOUNS = ["airport", "animal", "apartment", "area", "arrow", "bag", "ball", "balloon", "bank", "basket", "bathroom", "bicycle", "bike", "blanket", "board", "boot", "bottle", "branch", "bread", "bridge", "bucket", "bush", "cabinet", "candle", "cap", "carpet", "cart", "ceiling", "chain", "cheese", "church", "cloud", "coat", "collar", "computer", "container", "counter", "cushion", "desk", "dish", "display", "dress", "drink", "egg", "engine", "fabric", "fan", "feather", "fish", "flag", "flower", "fountain", "frame", "fruit", "garden", "gate", "glove", "goat", "grill", "ground", "hill", "horn", "jar", "jeans", "kitchen", "lake", "lamp", "land", "leaf", "lid", "line", "logo", "market", "meat", "mirror", "monitor", "motorbike", "napkin", "neck", "net", "nose", "ocean", "painting", "pan", "pants", "path", "pen", "pillow", "pipe", "plane", "plant", "pocket", "pot", "rail", "railing", "rock", "roof", "rope", "rug", "sand", "sauce", "screen", "sea", "seat", "shadow", "shelf", "shoe", "shore", "shorts", "sink", "skirt", "sock", "sofa", "speaker", "stairs", "station", "statue", "stick", "store", "stripe", "suit", "surface", "sweater", "tail", "tent", "tile", "tire", "tower", "towel", "toy", "track", "trail", "tray", "truck", "trunk", "tshirt", "vegetable", "vehicle", "wave", "wheel", "wing", "wire", "word", "writing", "yard"]
-SCENE_VERBS = ["sit", "stand", "walk", "run", "hold", "look", "wear", "ride", "eat", "play", "lie", "fly", "park", "smile", "carry", "wait", "throw", "catch", "watch", "hang", "cover", "fill", "open", "close", "jump", "swim", "drive", "push", "pull", "cut", "cook", "read", "write", "talk", "climb", "lean", "rest", "reach", "grab", "kick", "hit", "skate", "surf", "ski", "serve", "pose", "point", "show", "face", "cross", "follow"]
+
+def _word_list(text: str) -> list[str]:
+    """Whitespace-separated words (the lists below read best as text)."""
+    return text.split()
+
+
+COLOURS = _word_list(
+    "red green blue yellow orange purple pink brown black white gray grey silver gold beige dark light"
+)
+
+SHAPES = _word_list(
+    "round square rectangular circular triangular long short tall small large big tiny huge wide narrow"
+)
+
+SPATIAL = _word_list(
+    "left right above below top bottom middle center centre front behind back near far next beside "
+    "between under over inside outside corner edge side upper lower background foreground closest "
+    "farthest"
+)
+
+NUMBERS = _word_list(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty thirty forty fifty hundred first second third fourth "
+    "fifth several"
+)
+
+TASK_WORDS = _word_list(
+    "detect detection objects object caption describe description image picture photo region regions "
+    "find locate referring segment segmentation mask box boxes point points dense panoptic what where "
+    "which who this that these those is are there"
+)
+
+COMMON = _word_list(
+    "the a an and or of in on at to with without for from by is are was were be been being has have "
+    "had it its he she they we you i his her their our my your man woman men women boy girl child "
+    "children people player players baby lady guy group team crowd table room street road sky water "
+    "grass tree trees field wall floor window door building house city beach snow mountain park "
+    "sidewalk plate food shirt hat jacket hand hands head face hair eyes arm legs sign pole fence "
+    "light lights grassy sandy sitting standing walking running holding looking wearing riding eating "
+    "playing lying flying parked smiling carrying waiting throwing catching watching hanging covered "
+    "filled made open closed empty some many other another each all few both very also just only then "
+    "while near view shows showing can see seen visible image picture appears looks some person's "
+    "little old young new white-haired wooden metal plastic glass paper stone brick concrete dirty "
+    "clean sunny cloudy bright shiny fluffy down up out into onto through across along around toward"
+)
+
+SCENE_NOUNS = _word_list(
+    "airport animal apartment area arrow bag ball balloon bank basket bathroom bicycle bike blanket "
+    "board boot bottle branch bread bridge bucket bush cabinet candle cap carpet cart ceiling chain "
+    "cheese church cloud coat collar computer container counter cushion desk dish display dress drink "
+    "egg engine fabric fan feather fish flag flower fountain frame fruit garden gate glove goat grill "
+    "ground hill horn jar jeans kitchen lake lamp land leaf lid line logo market meat mirror monitor "
+    "motorbike napkin neck net nose ocean painting pan pants path pen pillow pipe plane plant pocket "
+    "pot rail railing rock roof rope rug sand sauce screen sea seat shadow shelf shoe shore shorts "
+    "sink skirt sock sofa speaker stairs station statue stick store stripe suit surface sweater tail "
+    "tent tile tire tower towel toy track trail tray truck trunk tshirt vegetable vehicle wave wheel "
+    "wing wire word writing yard"
+)
+
+SCENE_VERBS = _word_list(
+    "sit stand walk run hold look wear ride eat play lie fly park smile carry wait throw catch watch "
+    "hang cover fill open close jump swim drive push pull cut cook read write talk climb lean rest "
+    "reach grab kick hit skate surf ski serve pose point show face cross follow"
+)
 
 
 def training_corpus(num_sentences: int = 6000, seed: int = 0) -> list[str]:
     """Deterministic English-like sentences covering every word list above (and digits)."""
     rng = random.Random(seed)
-    nouns = [c.replace("_", " ") for c in COCO_CLASSES]
+    nouns = list(COCO_CLASSES)
     lines = [" ".join(group) for group in (nouns, COLOURS, SHAPES, SPATIAL, NUMBERS, TASK_WORDS, COMMON)]
     lines += ["0 1 2 3 4 5 6 7 8 9 . , ; : ! ? ' \" ( ) -"]
     lines += [" ".join(str(i) for i in range(k, k + 50)) for k in range(0, 3000, 50)]
@@ -202,7 +258,6 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "COCO_CLASSES",
     "SCENE_NOUNS",
     "SCENE_VERBS",
     "TINY_BASE_VOCAB_SIZE",
