@@ -34,6 +34,21 @@ def test_lora_sits_on_t5_q_and_v_only() -> None:
     assert len(adapted) == 2 * (t5.num_layers + 2 * t5.num_decoder_layers)  # enc self; dec self + cross
 
 
+def test_fresh_adapters_are_a_no_op() -> None:
+    torch.manual_seed(0)
+    model = PixtokForConditionalGeneration(PixtokConfig.from_preset("tiny", lora_dropout=0.0)).eval()
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    assert all(torch.count_nonzero(layer.lora_B["default"].weight) == 0 for layer in layers)
+    assert all(torch.count_nonzero(layer.lora_A["default"].weight) > 0 for layer in layers)
+    batch = full_batch(model.config)
+    with torch.no_grad():
+        with_adapters = model(**batch).logits
+        for layer in layers:
+            layer.scaling["default"] = 0.0
+        without = model(**batch).logits
+    assert torch.equal(with_adapters, without)
+
+
 def test_merged_and_unmerged_outputs_agree() -> None:
     model = trained_lora_model()
     batch = full_batch(model.config)

@@ -126,3 +126,25 @@ def test_loads_with_trust_remote_code_without_pixtok(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "REMOTE_OK transformers_modules." in result.stdout
+
+
+def test_model_card_is_written_locally(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = PixtokForConditionalGeneration(PixtokConfig.from_preset("tiny"))
+    path = model.write_model_card(
+        tmp_path,
+        model_name="someone/pixtok-tiny",
+        base_models={"t5": "google/flan-t5-small"},
+        datasets=["coco"],
+        tags=["demo"],
+    )
+    text = path.read_text()
+    assert path.name == "README.md"
+    front, body = text.split("---\n")[1], text.split("---\n", 2)[2]
+    assert "library_name: transformers" in front and "pipeline_tag: image-text-to-text" in front
+    assert "- demo" in front and "- google/flan-t5-small" in front and "- coco" in front
+    counts = model.parameter_counts()
+    assert "# someone/pixtok-tiny" in body
+    assert f"{counts['total'] / 1e6:.2f} M" in body
+    assert f"Vocabulary: {model.config.text_config.vocab_size} ids" in body
+    assert 'from_pretrained("someone/pixtok-tiny", trust_remote_code=True)' in body

@@ -61,6 +61,18 @@ def lora_layers(model: nn.Module) -> list[LoraLayer]:
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
+def reset_lora(model: nn.Module) -> int:
+    """Re-initialize every adapter as peft does (``A`` random, ``B`` zero: the adapter starts as a no-op).
+
+    Needed after a parent ``PreTrainedModel.post_init`` re-initializes every Linear it contains,
+    adapters included. Returns the number of layers reset.
+    """
+    layers = lora_layers(model)
+    for layer in layers:
+        layer.reset_lora_parameters(ADAPTER_NAME, True)
+    return len(layers)
+
+
 def merge_lora(model: nn.Module) -> int:
     """Fold every LoRA update into its base weight (idempotent); returns the number of layers merged."""
     count = 0
@@ -133,5 +145,6 @@ __all__ = [
     "lm_head_input_scale",
     "lora_layers",
     "merge_lora",
+    "reset_lora",
     "unmerge_lora",
 ]

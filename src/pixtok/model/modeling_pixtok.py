@@ -43,7 +43,7 @@ from .heads import (
     masked_l1,
     weighted_lm_loss,
 )
-from .lora import AddedTokenRows, apply_lora, lm_head_input_scale, merge_lora, unmerge_lora
+from .lora import AddedTokenRows, apply_lora, lm_head_input_scale, merge_lora, reset_lora, unmerge_lora
 from .prompt_extractor import PixtokPromptExtractor
 from .sam import SamMaskDecoder, SamPromptEncoder, load_sam_weights, load_state_dict_checked
 from .towers import DualTower, VisionFeatures
@@ -155,20 +155,39 @@ class PixtokPreTrainedModel(PreTrainedModel):
         """Set ``requires_grad`` from the config's freeze fields (see the subclasses)."""
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any):
-        """``PreTrainedModel.from_pretrained``, then what loading does not restore.
+    def from_pretrained(cls, *args: Any, strict: bool = True, **kwargs: Any):
+        """``PreTrainedModel.from_pretrained``, strict by default, then what loading does not restore.
 
         transformers builds the model on the meta device and fills it from the checkpoint, so
         buffers that checkpoints do not hold (EVA02's rotary tables) are recomputed here, and the
         config's freeze policy is applied again (loaded parameters come back trainable).
+
+        Args:
+            *args, **kwargs: as ``PreTrainedModel.from_pretrained``.
+            strict: raise a ValueError naming every missing / unexpected / mis-shaped key instead
+                of transformers' default (warn and initialize the missing ones).
         """
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {
+            kind: sorted(map(str, info.get(kind) or ()))
+            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        }
+        if strict and any(problems.values()):
+            listing = "; ".join(
+                f"{kind.replace('_', ' ')} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+                for kind, keys in problems.items()
+                if keys
+            )
+            raise ValueError(
+                f"checkpoint does not match {cls.__name__} built from its config.json: {listing}. "
+                "Pass strict=False to load anyway (missing weights are then freshly initialized)."
+            )
         for module in model.modules():
             if module is not model and hasattr(module, "reset_non_persistent_buffers"):
                 module.reset_non_persistent_buffers()
         model.apply_freeze_policy()
-        return loaded
+        return (model, info) if want_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -202,6 +221,11 @@ class PixtokModel(PixtokPreTrainedModel):
     Args:
         config: a :class:`PixtokConfig`.
     """
+
+    # the task heads of PixtokForConditionalGeneration, when loading the backbone from its folder
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(trace_head|box_head|mask_decoder|mask_prompt_embed|proposal_head)\b"
+    ]
 
     def __init__(self, config: PixtokConfig) -> None:
         super().__init__(config)
@@ -436,9 +460,9 @@ class PixtokModel(PixtokPreTrainedModel):
                         f"T5 checkpoint {name_or_path} has {tensor.shape[0]} vocabulary rows, fewer than the "
                         f"config's base_vocab_size {base}"
                     )
-                rows = own[target].clone()
-                rows[:base] = tensor[:base]
-                tensor = rows
+                tensor = extend_vocabulary_rows(tensor[:base].float(), own[target].shape[0]).to(
+                    own[target].dtype
+                )
             mapped[target] = tensor
         wanted = {key for key in own if "lora_" not in key}
         missing = sorted(wanted - set(mapped))
@@ -503,6 +527,26 @@ class PixtokModel(PixtokPreTrainedModel):
         )
 
 
+def extend_vocabulary_rows(
+    rows: torch.Tensor, size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Append ``size - len(rows)`` rows drawn from a normal with the rows' per-dimension mean and std.
+
+    New tokens then start at the scale of the pretrained ones (as ``resize_token_embeddings`` does
+    with the full covariance), not at an arbitrary init scale.
+
+    Args:
+        rows: (N, D) pretrained embedding or LM-head rows.
+        size: total rows wanted (>= N).
+    """
+    extra = size - rows.shape[0]
+    if extra <= 0:
+        return rows[:size].clone()
+    mean, std = rows.mean(0), rows.std(0)
+    noise = torch.randn(extra, rows.shape[1], generator=generator, dtype=rows.dtype, device=rows.device)
+    return torch.cat([rows, mean + noise * std], dim=0)
+
+
 def shift_right(labels: torch.Tensor) -> torch.Tensor:
     """(B, T) labels -> decoder inputs: start id prepended, last dropped, -100 -> pad."""
     start = torch.full_like(labels[:, :1], DECODER_START_ID)
@@ -538,6 +582,7 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
         self.mask_prompt_embed = nn.Parameter(torch.zeros(1, 1, config.mask_decoder_config.hidden_size))
         self.proposal_head = ProposalHead(self.model.towers.fused_channels, config.proposal_head_hidden_size)
         self.post_init()
+        reset_lora(self.model.text_model)  # post_init re-initialized the adapters' Linear layers
         self.apply_freeze_policy()
 
     def apply_freeze_policy(self) -> None:
@@ -1127,5 +1172,6 @@ __all__ = [
     "PixtokOutput",
     "PixtokPreTrainedModel",
     "eos_positions",
+    "extend_vocabulary_rows",
     "shift_right",
 ]
