@@ -271,3 +271,49 @@ def test_auto_processor_resolves_a_saved_folder(proc, tmp_path):
     model_only = tmp_path / "model_only"
     PixtokConfig.from_preset("tiny").save_pretrained(model_only)  # a model folder without processor files
     assert PixtokProcessor.from_pretrained(model_only).vocab == proc.vocab
+
+
+def test_messy_targets_of_every_task_never_crash_and_stay_well_formed(proc):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    coord = st.one_of(st.floats(-100, 300), st.just(float("nan")))
+    box = st.lists(coord, min_size=4, max_size=4)
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        task=st.sampled_from(["detection", "caption", "referring", "region_caption", "dense_caption"]),
+        boxes=st.lists(box, max_size=6),
+        words=st.lists(st.text("abcxyz .", min_size=1, max_size=8), min_size=1, max_size=5),
+        w=st.integers(1, 120),
+        h=st.integers(1, 120),
+    )
+    def check(task, boxes, words, w, h):
+        n = len(boxes)
+        target = {
+            "detection": {
+                "boxes": np.array(boxes).reshape(-1, 4),
+                "labels": np.arange(n) % 80,
+                "augment": n % 2 == 0,
+            },
+            "caption": {"words": words, "points": np.full((len(words), 2), 5.0)},
+            "referring": {"box": boxes[0] if boxes else [np.nan] * 4, "mask": np.ones((h, w), bool)},
+            "region_caption": {"text": " ".join(words)},
+            "dense_caption": {
+                "boxes": np.array(boxes).reshape(-1, 4),
+                "captions": ["x"] * n,
+                "text": words[0],
+            },
+        }[task]
+        batch = proc(images=image(w, h), task=task, targets=[target], rng=np.random.default_rng(n))
+        labels = batch["labels"][0]
+        real = labels[labels != IGNORE_INDEX]
+        assert ((real >= 0) & (real < proc.vocab.size)).all()
+        if len(real):
+            assert real[-1] == EOS_ID and (labels[len(real) :] == IGNORE_INDEX).all()
+        if task == "detection":
+            assert len(real) % 5 == 1
+        if task == "referring" and batch["box_mask"][0]:
+            assert len(real) == 5 and 0 <= batch["box_targets"][0].min() <= batch["box_targets"][0].max() <= 1
+
+    check()
