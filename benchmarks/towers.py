@@ -107,6 +107,65 @@ def top_kernels(fn: Callable[[], Any], k: int = 8) -> list[tuple[str, float]]:
     return [(r.key[:90], r.device_time_total / 1e3) for r in rows]
 
 
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖got − ref‖ / ‖ref‖ in float32."""
+    got, ref = got.float(), ref.float()
+    return float((got - ref).norm() / ref.norm())
+
+
+class FlexRelPosAttention(nn.Module):
+    """A global SAM attention layer that adds the decomposed relative-position bias inside
+    FlexAttention instead of materializing the (B, heads, N, N) bias tensor that SDPA needs.
+
+    score(q, k) = q·k * scale + rel_h[q, row(k)] + rel_w[q, col(k)]: the same function as
+    transformers' ``SamVisionSdpaAttention`` (the bias uses the unscaled query, as there), over the
+    wrapped layer's own parameters.
+    """
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, None]:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        attn = self.attn
+        b, h, w, _ = hidden_states.shape
+        heads = attn.num_attention_heads
+        qkv = attn.qkv(hidden_states).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, heads, N, d)
+        d = q.shape[-1]
+        rel_pos_h = attn.get_rel_pos(h, h, attn.rel_pos_h)  # (h, h, d)
+        rel_pos_w = attn.get_rel_pos(w, w, attn.rel_pos_w)
+        grid_q = q.reshape(b, heads, h, w, d)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, rel_pos_h).reshape(b, heads, h * w, h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, rel_pos_w).reshape(b, heads, h * w, w)
+
+        def score_mod(score, bi, hi, qi, ki):
+            return score + rel_h[bi, hi, qi, ki // w] + rel_w[bi, hi, qi, ki % w]
+
+        out = flex_attention(q, k, v, score_mod=score_mod, scale=attn.scale)
+        out = out.view(b, heads, h, w, d).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+        return attn.proj(out), None
+
+
+def fuse_eva_qkv(src: nn.Module, dst: nn.Module) -> None:
+    """Copy a timm Eva with separate q/k/v projections into one built with ``qkv_fused=True``."""
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}
+    for i, block in enumerate(dst.blocks):
+        prefix = f"blocks.{i}.attn."
+        q, k, v = (state.pop(prefix + f"{n}_proj.weight") for n in "qkv")
+        state[prefix + "qkv.weight"] = torch.cat([q, k, v], dim=0)
+        state[prefix + "q_bias"] = state.pop(prefix + "q_proj.bias")
+        state[prefix + "v_bias"] = state.pop(prefix + "v_proj.bias")
+        block.attn.k_bias.zero_()
+    missing, unexpected = dst.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if not m.startswith("head")]:
+        raise RuntimeError(f"EVA qkv fusion: missing {missing}, unexpected {unexpected}")
+
+
 def run(args: argparse.Namespace) -> None:
     device = torch.device("cuda")
     deadline = time.time() + args.budget_s
@@ -163,7 +222,6 @@ def run(args: argparse.Namespace) -> None:
     best = record("sam_b", "stock_sdpa", lambda m=stock: m(x), SAM_BATCH, flops, False)
     for name, ms in top_kernels(lambda m=stock: m(x)):
         print(f"[towers]   stock SAM kernel {ms:8.2f} ms  {name}", flush=True)
-    del stock
     ours_name = "pixtok.model.sam.SamImageEncoder"
     try:
         from pixtok.model.sam import SamImageEncoder
@@ -178,9 +236,34 @@ def run(args: argparse.Namespace) -> None:
         with torch.device(device):
             ours = SamVisionEncoder(sam_cfg).to(torch.bfloat16).eval()
     metrics["sam_b_ours_module"] = ours_name
+    encoder = getattr(ours, "vision_encoder", ours)
+    encoder.load_state_dict(stock.vision_encoder.state_dict())
+    with torch.inference_mode():
+        ref = stock(x[:2]).last_hidden_state
+        got = ours(x[:2])
+        metrics["sam_b_ours_rel_err_vs_stock"] = rel_err(getattr(got, "last_hidden_state", got), ref)
     best = max(best, record("sam_b", "ours_eager", lambda m=ours: m(x), SAM_BATCH, flops, False))
     compiled = torch.compile(ours)
     best = max(best, record("sam_b", "ours_compile", lambda m=compiled: m(x), SAM_BATCH, flops, True))
+    if not args.no_compile and time.time() < deadline:
+        try:  # global-attention layers through FlexAttention (no materialized N x N bias)
+            for index in sam_cfg.global_attn_indexes:
+                encoder.layers[index].attn = FlexRelPosAttention(encoder.layers[index].attn)
+            flexed = torch.compile(ours)
+            with torch.inference_mode():
+                got = flexed(x[:2])
+                metrics["sam_b_flex_rel_err_vs_stock"] = rel_err(getattr(got, "last_hidden_state", got), ref)
+            print(
+                f"[towers] SAM flex rel err vs stock {metrics['sam_b_flex_rel_err_vs_stock']:.2e}", flush=True
+            )
+            best = max(
+                best,
+                record("sam_b", "ours_flex_global_compile", lambda m=flexed: m(x), SAM_BATCH, flops, True),
+            )
+        except Exception as exc:
+            print(f"[towers] SAM flex variant FAILED: {exc!r}"[:600], flush=True)
+            metrics["sam_b_flex_error"] = repr(exc)[:300]
+    del stock
     metrics["sam_b_img_per_s"] = round(best, 1)
     metrics["sam_b_mfu"] = round(best * flops / (DATASHEET_BF16_TFLOPS * 1e12), 4)
     del ours, compiled, x
@@ -204,7 +287,6 @@ def run(args: argparse.Namespace) -> None:
     best = record("eva02_l", "stock_timm", lambda m=stock: m.forward_features(x), EVA_BATCH, flops, False)
     for name, ms in top_kernels(lambda m=stock: m.forward_features(x)):
         print(f"[towers]   stock EVA kernel {ms:8.2f} ms  {name}", flush=True)
-    del stock
     variants: list[tuple[str, nn.Module]] = []
     try:
         from pixtok.model.configuration_towers import PixtokEva02Config
@@ -221,6 +303,19 @@ def run(args: argparse.Namespace) -> None:
             model = timm.create_model("eva02_large_patch14_448", pretrained=False).to(torch.bfloat16).eval()
         variants = [("ours_eager", model), ("ours_compile", model)]
         metrics["eva02_l_ours_module"] = "timm eva02_large_patch14_448"
+    with torch.inference_mode():
+        ref = stock.forward_features(x[:2])
+        for name, module in variants[:2]:
+            eva = getattr(module, "eva", module)
+            try:
+                if getattr(eva.blocks[0].attn, "qkv", None) is None:
+                    eva.load_state_dict(stock.state_dict(), strict=False)
+                else:
+                    fuse_eva_qkv(stock, eva)
+                metrics[f"eva02_l_{name}_rel_err_vs_stock"] = rel_err(eva.forward_features(x[:2]), ref)
+            except Exception as exc:
+                print(f"[towers] EVA {name} weight copy FAILED: {exc!r}"[:400], flush=True)
+    del stock, ref
     for name, module in variants:
         forward = getattr(module, "forward_features", module)
         compiled = "compile" in name
