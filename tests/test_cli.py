@@ -1,0 +1,263 @@
+"""`pixtok` command line, in-process through main([...])."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixtok import cli
+from pixtok.model.vocab import TASKS
+
+COCO = "/work/shared/data/coco_tiny_train"
+IMAGE = f"{COCO}/train2017/000000229378.jpg"
+
+
+@pytest.fixture(scope="module")
+def cached_models():
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def reuse_models(monkeypatch, cached_models):
+    """Build each preset once per module (CPU time is scarce); behaviour is load_model's."""
+    original = cli.load_model
+
+    def load(spec, device="cpu", seed=0):
+        if spec not in cached_models:
+            cached_models[spec] = original(spec, device=device, seed=seed)
+        return cached_models[spec]
+
+    monkeypatch.setattr(cli, "load_model", load)
+
+
+def test_task_choices_match_the_vocabulary():
+    assert set(cli.TASK_CHOICES) == set(TASKS)
+
+
+@pytest.mark.parametrize("command", [[], ["predict"], ["evaluate"], ["synth"], ["convert-sam"]])
+def test_help_for_every_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: pixtok" in text
+    if command == ["predict"]:
+        assert "--attention" in text and "IMAGE" in text
+    if command == ["synth"]:
+        assert "--num-images" in text
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_user_errors_are_one_line_and_nonzero(tmp_path, capsys):
+    assert cli.main(["predict", "--model", "tiny", "--task", "segm", IMAGE, "--out", str(tmp_path)]) == 2
+    assert "unknown task 'segm'" in _one_line_error(capsys)
+    assert (
+        cli.main(
+            ["predict", "--model", "tiny", "--task", "detection", "/no/such.jpg", "--out", str(tmp_path)]
+        )
+        == 2
+    )
+    assert "image file not found" in _one_line_error(capsys)
+    assert (
+        cli.main(
+            ["predict", "--model", "no-such-model", "--task", "detection", IMAGE, "--out", str(tmp_path)]
+        )
+        == 2
+    )
+    assert "neither a folder nor a preset" in _one_line_error(capsys)
+    assert cli.main(["predict", "--model", "tiny", "--task", "referring", IMAGE, "--out", str(tmp_path)]) == 2
+    assert "--text" in _one_line_error(capsys)
+    assert cli.main(["convert-sam", str(tmp_path / "missing.pth"), "--out", str(tmp_path)]) == 2
+    assert "SAM checkpoint not found" in _one_line_error(capsys)
+    bad = [
+        "evaluate",
+        "--model",
+        "tiny",
+        "--task",
+        "detection",
+        "--source",
+        "coco",
+        "--annotations",
+        str(tmp_path / "a.json"),
+        "--images",
+        COCO,
+    ]
+    assert cli.main(bad) == 2
+    assert "--annotations not found" in _one_line_error(capsys)
+
+
+def test_model_without_the_task_head(tmp_path, capsys):
+    assert cli.main(["predict", "--model", "tiny", "--task", "panoptic", IMAGE, "--out", str(tmp_path)]) == 2
+    assert "no panoptic head" in _one_line_error(capsys)
+
+
+def test_predict_detection_writes_coco_results_and_png_and_skips_bad_images(tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    rc = cli.main(
+        [
+            "predict",
+            "--model",
+            "tiny",
+            "--task",
+            "detection",
+            IMAGE,
+            str(broken),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "20",
+        ]
+    )
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "skipping" in err and "broken.jpg" in err and "1 of 2 images skipped" in err
+    results = json.loads((out / "000000229378.json").read_text())
+    assert isinstance(results, list)
+    for r in results:
+        assert set(r) >= {"image_id", "category_id", "bbox", "score", "label"} and r["image_id"] == 229378
+        assert len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0
+    picture = Image.open(out / "000000229378.png")
+    assert picture.size == Image.open(IMAGE).size
+    assert not (out / "broken.json").exists()
+
+
+def test_predict_referring_and_caption(tmp_path):
+    out = tmp_path / "ref"
+    rc = cli.main(
+        [
+            "predict",
+            "--model",
+            "tiny",
+            "--task",
+            "referring",
+            IMAGE,
+            "--text",
+            "the bed",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "8",
+        ]
+    )
+    assert rc == 0
+    payload = json.loads((out / "000000229378.json").read_text())
+    assert len(payload["box"]) == 4 and set(payload["mask"]) == {"size", "counts"}
+    assert payload["mask"]["size"] == [Image.open(IMAGE).height, Image.open(IMAGE).width]
+    out = tmp_path / "cap"
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--model",
+                "tiny",
+                "--task",
+                "caption",
+                IMAGE,
+                "--out",
+                str(out),
+                "--max-new-tokens",
+                "6",
+            ]
+        )
+        == 0
+    )
+    caption = json.loads((out / "000000229378.json").read_text())
+    assert len(caption["words"]) == len(caption["points"])
+    assert Image.open(out / "000000229378.png").height > Image.open(IMAGE).height  # caption panel
+
+
+def test_predict_panoptic_with_the_panoptic_preset(tmp_path):
+    out = tmp_path / "pan"
+    assert (
+        cli.main(["predict", "--model", "panoptic-tiny", "--task", "panoptic", IMAGE, "--out", str(out)]) == 0
+    )
+    payload = json.loads((out / "000000229378.json").read_text())
+    assert "segments_info" in payload and "segmentation_rle" in payload
+
+
+def test_evaluate_detection_on_real_coco(tmp_path, capsys):
+    metrics_file = tmp_path / "m" / "metrics.json"
+    argv = [
+        "evaluate", "--model", "tiny", "--task", "detection", "--source", "coco",
+        "--annotations", f"{COCO}/annotations/instances_train2017.json", "--images", f"{COCO}/train2017",
+        "--limit", "2", "--max-new-tokens", "15", "--out", str(metrics_file), "--no-progress",
+        "--save-predictions", str(tmp_path / "preds"),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    payload = json.loads(metrics_file.read_text())
+    assert payload["num_images"] == 2 and payload["num_skipped"] == 0
+    assert list(payload["metrics"])[:3] == ["AP", "AP50", "AP75"] and len(payload["metrics"]) == 12
+    assert all(-1.0 <= v <= 1.0 for v in payload["metrics"].values())
+    table = capsys.readouterr().out
+    assert "detection: 2 images" in table and "AR100" in table
+    assert len(list((tmp_path / "preds").glob("*.json"))) == 2
+
+
+def test_synth_is_mounted(tmp_path):
+    assert cli.main(["synth", "--out", str(tmp_path / "s"), "--num-images", "3", "--image-size", "48"]) == 0
+    assert (tmp_path / "s" / "annotations" / "instances_train.json").is_file()
+
+
+def test_convert_sam_official_checkpoint(tmp_path, capsys):
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    size, channels = 64, 16
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=size,
+            patch_size=16,
+            embed_dim=16,
+            depth=1,
+            num_heads=2,
+            out_chans=channels,
+            use_rel_pos=True,
+            global_attn_indexes=(0,),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=channels, image_embedding_size=(4, 4), input_image_size=(size, size), mask_in_chans=4
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=channels,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=channels, mlp_dim=32, num_heads=2),
+        ),
+    )
+    checkpoint = tmp_path / "sam_vit_tiny.pth"
+    torch.save(sam.state_dict(), checkpoint)
+    assert cli.main(["convert-sam", str(checkpoint), "--out", str(tmp_path / "converted")]) == 0
+    written = list((tmp_path / "converted").glob("*.safetensors"))
+    assert len(written) == 1 and "wrote" in capsys.readouterr().out
+    from safetensors.torch import load_file
+
+    keys = load_file(str(written[0]))
+    assert any(k.startswith("image_encoder.") for k in keys) and any(
+        k.startswith("mask_decoder.") for k in keys
+    )
+
+
+def test_prediction_to_json_handles_nan_points_and_category_ids():
+    payload = cli.prediction_to_json(
+        "caption",
+        {"text": "a b", "words": ["a", "b"], "points": torch.tensor([[1.0, 2.0], [float("nan")] * 2])},
+        "x",
+    )
+    assert payload["points"] == [[1.0, 2.0], [None, None]]
+    det = cli.prediction_to_json(
+        "detection",
+        {"boxes": np.array([[0, 0, 2, 3]]), "scores": [0.5], "labels": [1]},
+        "42",
+        {1: "cat"},
+        [5, 17],
+    )
+    assert det == [
+        {"image_id": 42, "category_id": 17, "bbox": [0.0, 0.0, 2.0, 3.0], "score": 0.5, "label": "cat"}
+    ]
