@@ -18,15 +18,19 @@ def register_auto_classes() -> None:
     """Register pixtok's configs, models and processor with the transformers Auto* classes."""
     from transformers import (
         AutoConfig,
+        AutoImageProcessor,
         AutoModel,
         AutoModelForImageTextToText,
         AutoModelForUniversalSegmentation,
+        AutoProcessor,
     )
 
     from .model.configuration_pixtok import PixtokConfig
     from .model.configuration_pixtok_panoptic import PixtokPanopticConfig
+    from .model.image_processing_pixtok import PixtokImageProcessor
     from .model.modeling_pixtok import PixtokForConditionalGeneration, PixtokModel
     from .model.modeling_pixtok_panoptic import PixtokForPanopticSegmentation
+    from .model.processing_pixtok import PixtokProcessor
 
     AutoConfig.register(PixtokConfig.model_type, PixtokConfig, exist_ok=True)
     AutoModel.register(PixtokConfig, PixtokModel, exist_ok=True)
@@ -41,6 +45,9 @@ def register_auto_classes() -> None:
     )
     PixtokPanopticConfig.register_for_auto_class("AutoConfig")
     PixtokForPanopticSegmentation.register_for_auto_class("AutoModelForUniversalSegmentation")
+
+    AutoImageProcessor.register(PixtokConfig, slow_image_processor_class=PixtokImageProcessor, exist_ok=True)
+    AutoProcessor.register(PixtokConfig, PixtokProcessor, exist_ok=True)
 
 
 __all__ = ["register_auto_classes"]

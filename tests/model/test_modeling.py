@@ -267,3 +267,48 @@ def test_bf16_forward_and_backward() -> None:
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert model.model.extractor.tokens.grad is not None
+
+
+def test_processor_batches_train_and_generate_for_every_task() -> None:
+    """The processor's batches (ARCHITECTURE.md's tensor names) drive forward, generate and post-processing."""
+    import numpy as np
+    from PIL import Image
+
+    from pixtok.model.processing_pixtok import PixtokProcessor
+
+    proc = PixtokProcessor.from_preset("tiny")
+    model = tiny_model()
+    image = Image.fromarray((np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8))
+    box = [2.0, 3.0, 30.0, 40.0]
+    cases = {
+        "detection": ({"boxes": [box], "labels": [3]}, {}, {"lm_loss"}),
+        "caption": ({"words": ["a", "cat"], "points": [[3, 4], [20, 30]]}, {}, {"lm_loss", "trace_loss"}),
+        "referring": (
+            {"box": box, "mask": np.ones((48, 64), bool)},
+            {"text": ["the cat"]},
+            {"lm_loss", "box_loss", "mask_loss"},
+        ),
+        "region_caption": ({"text": "a cat"}, {"boxes": [[box]]}, {"lm_loss"}),
+        "dense_caption": ({"boxes": [box], "captions": ["a cat"]}, {}, {"proposal_loss"}),
+    }
+    for task, (target, extra, expected) in cases.items():
+        batch = proc(images=[image], task=task, targets=[target], return_tensors="pt", **extra)
+        out = model(**batch)
+        got = {name for name in HEAD_LOSSES if getattr(out, name) is not None}
+        assert got == expected, (task, got)
+        out.loss.backward()
+        inputs = proc(images=[image], task=task, return_tensors="pt", **extra)
+        gen = model.eval().generate(**inputs, max_new_tokens=11 if task == "detection" else 5)
+        model.train()
+        post = {
+            "detection": proc.post_process_object_detection,
+            "caption": proc.post_process_caption,
+            "referring": proc.post_process_referring,
+            "region_caption": proc.post_process_caption,
+            "dense_caption": proc.post_process_dense_caption,
+        }[task](gen, target_sizes=[(48, 64)])
+        assert len(post) == 1, task
+        if task == "referring":
+            assert post[0]["box"].shape == (4,) and post[0]["mask"].shape == (48, 64)
+        if task == "dense_caption":
+            assert len(post[0]["boxes"]) == len(post[0]["captions"]) == model.config.num_proposals

@@ -148,3 +148,18 @@ def test_model_card_is_written_locally(tmp_path) -> None:
     assert f"{counts['total'] / 1e6:.2f} M" in body
     assert f"Vocabulary: {model.config.text_config.vocab_size} ids" in body
     assert 'from_pretrained("someone/pixtok-tiny", trust_remote_code=True)' in body
+
+
+def test_auto_processor_resolves_a_saved_model_folder(tmp_path) -> None:
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    from pixtok.model.image_processing_pixtok import PixtokImageProcessor
+    from pixtok.model.processing_pixtok import PixtokProcessor
+
+    register_auto_classes()
+    _, folder = saved_model(tmp_path)
+    PixtokProcessor.from_preset("tiny").save_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    assert type(processor) is PixtokProcessor
+    assert processor.vocab == PixtokConfig.from_preset("tiny").vocab
+    assert type(AutoImageProcessor.from_pretrained(folder)) is PixtokImageProcessor
