@@ -82,6 +82,7 @@ class Thing:
     center: tuple[float, float]  # (x, y) pixels
     radius: float  # circumradius, pixels
     mask: np.ndarray  # (H, W) bool, visible pixels (after occlusion)
+    window: tuple[slice, slice] = (slice(None), slice(None))  # rows, cols holding the whole shape
 
     @property
     def phrase(self) -> str:
@@ -90,7 +91,9 @@ class Thing:
     @cached_property
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
         """``(ys, xs)`` of the visible pixels (read after rendering, when the mask is final)."""
-        return np.nonzero(self.mask)
+        rows, cols = self.window
+        ys, xs = np.nonzero(self.mask[rows, cols])
+        return ys + (rows.start or 0), xs + (cols.start or 0)
 
 
 @dataclass
@@ -231,7 +234,9 @@ def render_scene(
                     visible[k] -= hidden[k]
                 mask = np.zeros((size, size), dtype=bool)
                 mask[window] = local
-                things.append(Thing(shape, color, size_word, (float(cx), float(cy)), float(radius), mask))
+                things.append(
+                    Thing(shape, color, size_word, (float(cx), float(cy)), float(radius), mask, window)
+                )
                 full_areas.append(area)
                 visible.append(area)
                 shade = np.asarray(COLORS[color], np.int16) + rng.integers(-8, 9, (area, 1), dtype=np.int16)
@@ -307,9 +312,20 @@ def referring_expressions(index: int, things: list[Thing], unique: list | None =
 def _trace_inside(region: Thing | Region, rng: np.random.Generator, count: int) -> np.ndarray:
     """``(count, 2)`` pixel xy of points inside ``region``, ordered by angle around its centroid
     (a loop over the object, as annotators circle what they name)."""
-    ys, xs = region.coords
-    picks = rng.integers(0, len(xs), count)
-    px, py = xs[picks] + 0.5, ys[picks] + 0.5
+    if isinstance(region, Thing):
+        ys, xs = region.coords
+        picks = rng.integers(0, len(xs), count)
+        px, py = xs[picks] + 0.5, ys[picks] + 0.5
+    else:  # large region: rejection-sample pixels instead of listing them all
+        size = region.mask.shape[0]
+        tries = rng.integers(0, size, (2, 8 * count + 64))
+        inside = region.mask[tries[0], tries[1]]
+        if np.count_nonzero(inside) < count:
+            ys, xs = region.coords
+            picks = rng.integers(0, len(xs), count)
+            py, px = ys[picks] + 0.5, xs[picks] + 0.5
+        else:
+            py, px = tries[0][inside][:count] + 0.5, tries[1][inside][:count] + 0.5
     order = np.argsort(np.arctan2(py - py.mean(), px - px.mean()), kind="stable")
     return np.stack([px[order], py[order]], axis=1)
 
@@ -374,6 +390,9 @@ def split_of(index: int, num_images: int) -> str:
 
 
 def _bbox_xywh(region: Thing | Region) -> list[float]:
+    if isinstance(region, Region):
+        cols, rows = np.flatnonzero(region.mask.any(axis=0)), np.flatnonzero(region.mask.any(axis=1))
+        return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
     ys, xs = region.coords
     x0, y0 = int(xs.min()), int(ys.min())
     return [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
@@ -523,7 +542,7 @@ def write_benchmark(
             )
         for k, region in enumerate(scene.stuff):
             segment_id = len(visible) + k + 1
-            ids[region.coords] = segment_id
+            ids[region.mask] = segment_id
             bbox = _bbox_xywh(region)
             segments.append(
                 {
@@ -531,7 +550,7 @@ def write_benchmark(
                     "category_id": stuff_id[region.name],
                     "iscrowd": 0,
                     "bbox": bbox,
-                    "area": len(region.coords[0]),
+                    "area": int(np.count_nonzero(region.mask)),
                 }
             )
             region_id += 1
