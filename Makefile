@@ -18,8 +18,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# The main job on its embedded default: tiny model, synthetic Localized Narratives, 2-core CPU.
 demo: $(STAMP)
-	$(BIN)/python -m pixtok.demo
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/localized_narratives.py --output-dir outputs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

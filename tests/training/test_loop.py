@@ -90,6 +90,9 @@ class LineTask(Task):
     def post_process(self, processor, outputs, target_sizes):
         return outputs
 
+    def draw(self, examples, predictions, path):
+        return False  # no picture for a line
+
     def score(self, predictions, examples):
         return {
             "mse": float(np.mean([(p["y"] - e.reference["y"]) ** 2 for p, e in zip(predictions, examples)]))

@@ -49,8 +49,8 @@ class Task(ABC):
     """Base class of every pixtok task.
 
     Args:
-        augment: an augmentation callable applied in training (see :mod:`pixtok.data.augment`),
-            or ``None``.
+        augment: apply :mod:`pixtok.data.augment`'s training augmentation (geometry moves with pixels).
+        image_size: the augmentation's output size (large-scale jitter target), or ``None`` to keep sizes.
         **options: task options from the recipe file (kept in ``self.options``).
     """
 
@@ -58,10 +58,17 @@ class Task(ABC):
     """The ``task=`` string the processor and the model understand."""
 
     main_metric: ClassVar[str]
-    """The metric a recipe reports first (e.g. ``AP``, ``CIDEr``)."""
+    """The metric a recipe reports first (e.g. ``AP``, ``CIDEr-D``)."""
 
-    def __init__(self, augment: Any = None, **options: Any) -> None:
+    synthetic_kind: ClassVar[str] = ""
+    """Which annotation file of the synthetic benchmark this task reads (``pixtok.data.load``'s ``kind``)."""
+
+    needs_class_names: ClassVar[bool] = False
+    """Whether the model's ``id2label`` must come from this task's dataset (closed-set classes)."""
+
+    def __init__(self, augment: bool = False, image_size: int | None = None, **options: Any) -> None:
         self.augment = augment
+        self.image_size = image_size
         self.options = options
 
     # --- data ------------------------------------------------------------------------------------
@@ -73,8 +80,18 @@ class Task(ABC):
     def example(self, row: dict[str, Any], sub_index: int, rng: np.random.Generator | None) -> Example:
         """Build one example; ``rng`` is ``None`` at evaluation (no augmentation, fixed choices)."""
 
-    def collate(self, examples: Sequence[Example], processor: Any, with_targets: bool = True) -> Any:
-        """Examples → the processor's batch (inputs, and targets when ``with_targets``)."""
+    def collate(
+        self,
+        examples: Sequence[Example],
+        processor: Any,
+        with_targets: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> Any:
+        """Examples → the processor's batch (inputs, and targets when ``with_targets``).
+
+        ``rng`` drives the processor's object order and sequence augmentation; the loop passes the
+        micro-batch's own generator so that a batch is a pure function of the run's seed.
+        """
         kwargs: dict[str, Any] = {}
         if any(e.text is not None for e in examples):
             kwargs["text"] = [e.text or "" for e in examples]
@@ -84,6 +101,8 @@ class Task(ABC):
             kwargs["points"] = [e.point for e in examples]
         if with_targets:
             kwargs["targets"] = [e.target for e in examples]
+            if rng is not None:
+                kwargs["rng"] = rng
         return processor(images=[e.image for e in examples], task=self.name, return_tensors="pt", **kwargs)
 
     # --- inference and scoring -------------------------------------------------------------------
@@ -107,9 +126,30 @@ class Task(ABC):
     def post_process(self, processor: Any, outputs: Any, target_sizes: list[tuple[int, int]]) -> list[dict]:
         """The processor's ``post_process_*`` of this task."""
 
+    def draw_kwargs(self, example: Example, prediction: dict) -> dict[str, Any]:
+        """Extra arguments of :func:`pixtok.visualize.render` for one example (prompt, labels …)."""
+        return {}
+
     def draw(self, examples: Sequence[Example], predictions: Sequence[dict], path: Any) -> bool:
-        """Save a PNG of ``predictions`` drawn on ``examples``; ``False`` when there is no picture."""
-        return False
+        """Save one PNG of ``predictions`` drawn on ``examples``, side by side, at ``path``."""
+        from PIL import Image
+
+        from ..visualize import render, save_png
+
+        if not examples:
+            return False
+        panels = [
+            render(self.name, e.image, p, **self.draw_kwargs(e, p)) for e, p in zip(examples, predictions)
+        ]
+        height = max(p.height for p in panels)
+        panels = [p.resize((max(1, round(p.width * height / p.height)), height)) for p in panels]
+        sheet = Image.new("RGB", (sum(p.width for p in panels) + 8 * (len(panels) - 1), height), "white")
+        x = 0
+        for panel in panels:
+            sheet.paste(panel, (x, 0))
+            x += panel.width + 8
+        save_png(sheet, path)
+        return True
 
     @abstractmethod
     def score(self, predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:

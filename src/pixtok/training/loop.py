@@ -34,8 +34,8 @@ from accelerate import Accelerator
 
 from ..tasks.base import Example, Task
 from .checkpoint import read_state, resolve_checkpoint, save_checkpoint
-from .config import RecipeConfig
-from .sampling import SampleStream, TaskMixture
+from .config import ConfigError, RecipeConfig
+from .sampling import SampleStream, TaskMixture, sample_rng
 
 
 @dataclass
@@ -85,7 +85,8 @@ class BatchMaker:
             item, rng = self.mixture.item_of(t, j)
             row, sub = data.train_items[item]
             examples.append(data.task.example(data.train[row], sub, rng))
-        return t, dict(data.task.collate(examples, self.processor))
+        batch_rng = sample_rng(self.mixture.seed, micro_batch, stream=4)
+        return t, dict(data.task.collate(examples, self.processor, rng=batch_rng))
 
 
 def _cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float):
@@ -184,7 +185,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         _check_compatible(state, model)
         start_step = int(state["step"])
         if start_step >= cfg.max_steps:
-            raise ValueError(f"checkpoint {checkpoint} is at step {start_step} >= max_steps {cfg.max_steps}")
+            raise ConfigError(f"checkpoint {checkpoint} is at step {start_step} >= max_steps {cfg.max_steps}")
 
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
@@ -367,7 +368,7 @@ def _check_compatible(state: dict[str, Any], model: Any) -> None:
             details.append(f"{len(missing)} tensor(s) the model lacks, e.g. {missing[0]}")
         if extra:
             details.append(f"{len(extra)} tensor(s) the checkpoint lacks, e.g. {extra[0]}")
-        raise ValueError(
+        raise ConfigError(
             "the checkpoint was written by a different model (another preset or config?): "
             + "; ".join(details)
         )

@@ -1,0 +1,65 @@
+"""Captioning with one trace point per word (PixelLLM on Localized Narratives).
+
+Each sentence of a narrative is a separate target, as PixelLLM trains: the units of a dataset are
+``(row, sentence)`` pairs. Words keep their trace point (NaN = none: masked, not dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import Example, Task
+from .geometry import augment_example_image
+
+
+class CaptionTask(Task):
+    """``task="caption"``: image → caption, every word with an (x, y) point."""
+
+    name: ClassVar[str] = "caption"
+    main_metric: ClassVar[str] = "CIDEr-D"
+    synthetic_kind: ClassVar[str] = "localized_narratives"
+
+    def items(self, dataset: Any) -> list[tuple[int, int]]:
+        items = []
+        for row, ids in enumerate(dataset["sentence_ids"]):
+            items += [(row, int(s)) for s in sorted(set(ids))]
+        return items
+
+    def example(self, row: dict[str, Any], sub_index: int, rng: np.random.Generator | None) -> Example:
+        ids = np.asarray(row["sentence_ids"])
+        keep = np.flatnonzero(ids == sub_index)
+        words = [row["words"][i] for i in keep]
+        points = np.asarray(row["points"], dtype=np.float32).reshape(-1, 2)[keep]
+        image = row["image"]
+        if rng is not None and self.augment:
+            image, geometry = augment_example_image(image, rng, self.image_size, points=points, words=words)
+            points, words = geometry["points"], geometry["words"]
+        return Example(
+            image=image,
+            target={"words": words, "points": points},
+            reference={"words": words, "points": points, "text": " ".join(words)},
+            image_id=str(row.get("image_id", "")),
+        )
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        return {"do_sample": False}
+
+    def draw_kwargs(self, example: Example, prediction: dict) -> dict[str, Any]:
+        return {"title": "reference: " + example.reference["text"]}
+
+    def post_process(self, processor: Any, outputs: Any, target_sizes: list[tuple[int, int]]) -> list[dict]:
+        return processor.post_process_caption(outputs, target_sizes=target_sizes)
+
+    def score(self, predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
+        from ..evaluation.captions import evaluate_captions
+
+        metrics = evaluate_captions(
+            [p["text"] for p in predictions], [[e.reference["text"]] for e in examples], use_meteor=False
+        )
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+__all__ = ["CaptionTask"]

@@ -1,0 +1,95 @@
+"""Referring localization and segmentation (RefCOCO/+/g): expression → box (+ mask).
+
+The units are ``(row, expression)`` pairs. The decoder writes the box as four coordinate tokens
+and the box head regresses it at the EOS state (PixelLLM); the SAM mask decoder, prompted with the
+predicted box, gives the mask. Flips are off for this task unless the augmentation swaps
+left/right words (see :mod:`pixtok.data.augment`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import Example, Task
+from .geometry import augment_example_image
+
+
+def _row_mask(row: dict[str, Any]) -> np.ndarray | None:
+    segmentation = row.get("segmentation")
+    if not segmentation:
+        return None
+    from ..data.masks import decode_segmentation
+
+    try:
+        return decode_segmentation(segmentation).astype(bool)
+    except ValueError:
+        return None
+
+
+class ReferringTask(Task):
+    """``task="referring"``: text prompt → the referred box and mask."""
+
+    name: ClassVar[str] = "referring"
+    main_metric: ClassVar[str] = "precision@0.5"
+    synthetic_kind: ClassVar[str] = "refcoco"
+
+    def items(self, dataset: Any) -> list[tuple[int, int]]:
+        return [
+            (r, k) for r, expressions in enumerate(dataset["expressions"]) for k in range(len(expressions))
+        ]
+
+    def example(self, row: dict[str, Any], sub_index: int, rng: np.random.Generator | None) -> Example:
+        text = row["expressions"][sub_index]
+        box = np.asarray(row["box"], dtype=np.float32).reshape(1, 4)
+        mask = _row_mask(row)
+        image = row["image"]
+        if rng is not None and self.augment:
+            image, geometry = augment_example_image(
+                image,
+                rng,
+                self.image_size,
+                boxes=box,
+                masks=None if mask is None else mask[None],
+                words=[text],
+            )
+            if len(geometry["keep"]) == 1:  # the referred object survived the crop
+                box = geometry["boxes"]
+                mask = None if mask is None else geometry["masks"][0]
+                text = geometry["words"][0]
+        return Example(
+            image=image,
+            text=text,
+            target={"box": box[0], "mask": mask},
+            reference={"box": box[0], "mask": mask},
+            image_id=str(row.get("image_id", "")),
+        )
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        return {"do_sample": False}
+
+    def draw_kwargs(self, example: Example, prediction: dict) -> dict[str, Any]:
+        return {"expression": example.text}
+
+    def post_process(self, processor: Any, outputs: Any, target_sizes: list[tuple[int, int]]) -> list[dict]:
+        return processor.post_process_referring(outputs, target_sizes=target_sizes)
+
+    def score(self, predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
+        from ..evaluation.referring import evaluate_referring
+
+        pred_boxes = np.stack([np.asarray(p["box"], dtype=np.float64) for p in predictions])
+        gt_boxes = np.stack([np.asarray(e.reference["box"], dtype=np.float64) for e in examples])
+        with_masks = all(e.reference["mask"] is not None for e in examples)
+        if with_masks:
+            return evaluate_referring(
+                pred_boxes,
+                gt_boxes,
+                [p.get("mask") for p in predictions],
+                [e.reference["mask"] for e in examples],
+            )
+        return evaluate_referring(pred_boxes, gt_boxes)
+
+
+__all__ = ["ReferringTask"]
