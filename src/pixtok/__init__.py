@@ -38,4 +38,8 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_EXPORTS))
 
 
+from .auto import register_auto_classes as _register_auto_classes  # noqa: E402
+
+_register_auto_classes()
+
 __all__ = list(_EXPORTS) + ["__version__"]
