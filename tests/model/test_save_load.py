@@ -170,3 +170,58 @@ def test_backbone_checkpoints_that_do_not_fit_are_named(tmp_path) -> None:
     tiny_sam_folder(wrong_sam, tmp_path / "sam")
     with pytest.raises(ValueError, match=r"unexpected keys \(\d+\): vision_encoder\.layers\.2\."):
         PixtokForConditionalGeneration.from_pretrained_backbones(config, sam=tmp_path / "sam")
+
+
+def test_official_segment_anything_checkpoint_reproduces_its_outputs(tmp_path) -> None:
+    """An official-format ``.pth`` (read with weights_only=True) gives SAM's own embeddings and box masks."""
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    config = PixtokConfig.from_preset("tiny")
+    vision, decoder = config.vision_config, config.mask_decoder_config
+    s, g, c = config.image_size, config.grid_size, vision.output_channels
+    torch.manual_seed(8)
+    reference = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=s, patch_size=vision.patch_size, embed_dim=vision.hidden_size, depth=vision.num_hidden_layers,
+            num_heads=vision.num_attention_heads, mlp_ratio=vision.mlp_dim / vision.hidden_size, out_chans=c,
+            qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+            window_size=vision.window_size, global_attn_indexes=tuple(vision.global_attn_indexes),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=c, image_embedding_size=(g, g), input_image_size=(s, s),
+            mask_in_chans=config.prompt_encoder_config.mask_input_channels,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3, transformer_dim=c, iou_head_depth=3, iou_head_hidden_dim=decoder.iou_head_hidden_dim,
+            transformer=TwoWayTransformer(
+                depth=decoder.num_hidden_layers, embedding_dim=c, mlp_dim=decoder.mlp_dim,
+                num_heads=decoder.num_attention_heads,
+            ),
+        ),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for name, tensor in reference.named_parameters():
+            if "pos" in name or "norm" in name or name.endswith("bias"):
+                tensor.add_(0.1 * torch.randn_like(tensor))
+    path = tmp_path / "sam_vit_tiny.pth"
+    torch.save(reference.state_dict(), path)
+    model = PixtokForConditionalGeneration.from_pretrained_backbones(config, sam=path).eval()
+    pixels = torch.randn(2, 3, s, s)
+    boxes = torch.tensor([[0.1, 0.2, 0.6, 0.9], [0.3, 0.05, 0.95, 0.5]])  # model space xyxy
+    with torch.no_grad():
+        ours = model.model.towers.sam(pixels)
+        theirs = reference.image_encoder(pixels)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+        masks = model.predict_masks(ours, boxes)[:, 0]  # the learnable prompt embedding starts at 0
+        for i in range(2):
+            sparse, dense = reference.prompt_encoder(points=None, boxes=boxes[i : i + 1] * s, masks=None)
+            expected, _ = reference.mask_decoder(
+                image_embeddings=theirs[i : i + 1],
+                image_pe=reference.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            torch.testing.assert_close(masks[i], expected[0, 0], rtol=1e-4, atol=1e-4)
