@@ -98,3 +98,20 @@ def test_refcoco_corrupt_pickle_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"\x80\x02]q\x00(")  # cut short
     with pytest.raises(ValueError, match="not a readable refs pickle"):
         D.load("refcoco", refs=path, instances=tmp_path / "x.json")
+
+
+def test_segmentation_records() -> None:
+    from pixtok.data.masks import encode_mask, segmentation_record
+
+    mask = np.zeros((6, 8), bool)
+    mask[1:4, 2:7] = True
+    np.testing.assert_array_equal(decode_segmentation(encode_mask(mask)), mask)
+    square = segmentation_record([[2, 1, 7, 1, 7, 4, 2, 4]], 6, 8)
+    assert square["polygons"] and decode_segmentation(square)[2, 4]
+    uncompressed = {"counts": [8, 3, 3, 3, 31], "size": [6, 8]}  # column-major runs: 0s, 1s, 0s, …
+    record = segmentation_record(uncompressed, 6, 8)
+    assert isinstance(record["counts"], str) and decode_segmentation(record).sum() == 6
+    assert segmentation_record({"counts": [1, 2], "size": [6, 8]}, 6, 8) is None  # runs != h * w
+    assert segmentation_record([[1, 2, 3]], 6, 8) is None  # fewer than 3 points
+    with pytest.raises(ValueError, match="no polygon and no RLE"):
+        decode_segmentation({"polygons": [], "counts": "", "size": [6, 8]})

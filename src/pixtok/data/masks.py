@@ -52,14 +52,21 @@ def segmentation_record(segmentation: Any, height: int, width: int) -> dict | No
 
 
 def decode_segmentation(record: dict) -> np.ndarray:
-    """``(H, W)`` bool mask of a row's segmentation record (H, W = ``record["size"]``)."""
+    """``(H, W)`` bool mask of a row's segmentation record (H, W = ``record["size"]``).
+
+    Raises:
+        ValueError: the record holds neither polygons nor RLE (the loader's placeholder for an
+            annotation without a usable mask: "no mask", which is not "an empty mask").
+    """
     height, width = (int(v) for v in record["size"])
     if record.get("counts"):
         rle = {"counts": record["counts"].encode("ascii"), "size": [height, width]}
     elif record.get("polygons"):
         rle = mask_utils.merge(mask_utils.frPyObjects([list(p) for p in record["polygons"]], height, width))
     else:
-        return np.zeros((height, width), dtype=bool)
+        raise ValueError(
+            "segmentation record holds no polygon and no RLE (the annotation had no usable mask)"
+        )
     return mask_utils.decode(rle).astype(bool)
 
 

@@ -192,7 +192,7 @@ def load_refcoco(
             continue
         segmentation = segmentation_record(ann.get("segmentation"), located.height or 0, located.width or 0)
         if segmentation is None:
-            report.repair("missing or invalid segmentation: empty mask record", what)
+            report.repair("missing or invalid segmentation: no mask (decode_segmentation raises)", what)
             segmentation = {"polygons": [], "counts": "", "size": [located.height or 0, located.width or 0]}
         columns["image"].append(located.cell)
         columns["image_id"].append(str(image_id))
