@@ -272,10 +272,13 @@ class PixtokModel(PixtokPreTrainedModel):
                 p.requires_grad_("lora_" in name)
 
     # --- inputs -----------------------------------------------------------------------------------
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids -> (B, L, d_model) T5 embeddings (with the added-token deltas when frozen)."""
+    def embed_tokens(self, input_ids: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """(B, L) ids -> (B, L, d_model) T5 embeddings (with the added-token deltas when frozen).
+
+        ``check`` validates the id range (one host sync); the decode loop's grammar-chosen ids skip it.
+        """
         vocab_size = self.config.text_config.vocab_size
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
+        if check and input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
             raise ValueError(
                 f"token ids must be in [0, {vocab_size}) (the pixtok vocabulary), got range "
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]"
@@ -414,7 +417,7 @@ class PixtokModel(PixtokPreTrainedModel):
         Returns:
             logits (B, T, V), last decoder states (B, T, d_model), cache.
         """
-        embeds = self.embed_tokens(decoder_input_ids)
+        embeds = self.embed_tokens(decoder_input_ids, check=past_key_values is None)
         out = self.text_model(
             encoder_outputs=encoder_outputs,
             attention_mask=encoder_attention_mask,
