@@ -25,6 +25,7 @@ unexpected or mis-shaped key when they do not fit.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -221,8 +222,7 @@ class SamPromptEncoder(nn.Module):
         encoder = self.prompt_encoder
         batch = coords.shape[0]
         # SAM embeds pixel coordinates of the S x S input, shifted to pixel centres, divided by S.
-        pixels = coords.to(encoder.shared_embedding.positional_embedding.dtype) * self.image_size + 0.5
-        position = encoder.shared_embedding(pixels[:, None], (self.image_size, self.image_size))[:, 0]
+        position = self._fourier_features((coords.float() * self.image_size + 0.5) / self.image_size)
         kinds = torch.cat([embedding.weight for embedding in encoder.point_embed], dim=0)  # (4, C)
         labels = labels.long()
         sparse = position + kinds[labels.clamp(min=0)]
@@ -248,10 +248,29 @@ class SamPromptEncoder(nn.Module):
         """
         table = self.prompt_encoder.shared_embedding.positional_embedding
         g = self.grid_size
-        centres = (torch.arange(g, device=table.device, dtype=table.dtype) + 0.5) / g
+        centres = (torch.arange(g, device=table.device, dtype=torch.float32) + 0.5) / g
         y, x = torch.meshgrid(centres, centres, indexing="ij")
-        encoding = self.prompt_encoder.shared_embedding(torch.stack([x, y], dim=-1))  # (g, g, C)
+        encoding = self._fourier_features(torch.stack([x, y], dim=-1))  # (g, g, C)
         return encoding.permute(2, 0, 1).unsqueeze(0)
+
+    def _fourier_features(self, points: Tensor) -> Tensor:
+        """SAM's random Fourier features of points, computed in fp32 whatever the module dtype.
+
+        The math of transformers' ``SamPositionalEmbedding`` (and segment-anything's
+        ``PositionEmbeddingRandom``) on the shared table; fp32 because in bf16 a pixel coordinate of a
+        1024 px frame keeps only ~3 significant digits and the angles reach tens of radians.
+
+        Args:
+            points: (..., 2) xy in [0, 1].
+
+        Returns:
+            (..., C) ``[sin, cos]`` features, in the table's dtype.
+        """
+        table = self.prompt_encoder.shared_embedding.positional_embedding  # (2, C / 2)
+        with torch.autocast(device_type=table.device.type, enabled=False):
+            angles = 2 * math.pi * ((2 * points.float() - 1) @ table.float())
+            features = torch.cat([angles.sin(), angles.cos()], dim=-1)
+        return features.to(table.dtype)
 
 
 class SamMaskDecoder(nn.Module):
