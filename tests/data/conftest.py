@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import pytest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -24,21 +21,3 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     write_benchmark(root, seed=3, num_images=20, image_size=64)
     return root
-
-
-def write_coco(
-    path: Path, images: list[dict], annotations: list[dict], categories: list[dict] | None = None
-) -> Path:
-    """Write a small COCO instances JSON."""
-    categories = categories or [{"id": 1, "name": "cat"}, {"id": 3, "name": "dog"}]
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return path
-
-
-def save_rgb(
-    path: Path, width: int = 32, height: int = 24, color: tuple[int, int, int] = (200, 30, 30)
-) -> Path:
-    array = np.zeros((height, width, 3), dtype=np.uint8)
-    array[...] = color
-    PIL.Image.fromarray(array).save(path)
-    return path

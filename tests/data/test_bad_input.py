@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from tests.data.conftest import save_rgb, write_coco
 
 import pixtok.data as D
+from tests.data.sample_files import save_rgb, write_coco
 
 
 def _image_entry(image_id: int, name: str, width: int = 32, height: int = 24) -> dict:

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.data.conftest import save_rgb, write_coco
 
 import pixtok.data as D
 from pixtok.data import stats
+from tests.data.sample_files import save_rgb, write_coco
 
 
 def test_unknown_source_and_keywords_are_clear_errors(tmp_path: Path) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.data.conftest import save_rgb
 
 import pixtok.data as D
 from pixtok.data.report import LoadReport
 from pixtok.data.sources.localized_narratives import narrative_words, sentence_ids, utterance_points
+from tests.data.sample_files import save_rgb
 
 
 def test_words_split_the_utterance_window_in_time_order() -> None:
