@@ -223,6 +223,16 @@ def test_generate_dense_caption_captions_each_proposal() -> None:
     assert gen.sequences.shape[0] == 6
     assert ((gen.proposals >= 0) & (gen.proposals <= 1)).all()
     assert gen.task_ids.tolist() == [4, 4]
+    # the same as region-captioning each proposal box
+    rows = {**images(config), "prompt_coords": gen.proposals[1].reshape(3, 2, 2).clone()}
+    rows = {k: v[1:2].repeat_interleave(3, 0) if k != "prompt_coords" else v for k, v in rows.items()}
+    region = model.generate(
+        **rows,
+        prompt_labels=torch.tensor([[2, 3]] * 3),
+        input_ids=torch.tensor([[config.vocab.task_id("region_caption")]] * 3),
+        max_new_tokens=4,
+    )
+    assert torch.equal(region.sequences, gen.sequences[3:6, : region.sequences.shape[1]])
 
 
 def test_generate_rejects_mixed_tasks() -> None:

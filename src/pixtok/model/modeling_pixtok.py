@@ -896,6 +896,9 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
 
         The encoder runs once; the decode loop (``decoding.decode``) calls a step function that keeps
         the T5 KV cache. ``None`` options take the task's defaults (``GenerationOptions.for_task``).
+        ``dense_caption`` runs the proposal head, keeps the ``num_proposals`` best boxes per image and
+        region-captions each (box prompt + the ``region_caption`` task token; the tower features are
+        computed once per image).
 
         Args:
             pixel_values, eva_pixel_values, input_ids, attention_mask, prompt_coords, prompt_labels,
@@ -935,11 +938,10 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
             )
             prompt_coords = proposals.reshape(batch * k, 2, 2)
             prompt_labels = torch.tensor(_BOX_LABELS, device=prompt_coords.device).expand(batch * k, 2)
-            if input_ids is not None:
-                input_ids = input_ids.repeat_interleave(k, dim=0)
-                attention_mask = (
-                    None if attention_mask is None else attention_mask.repeat_interleave(k, dim=0)
-                )
+            # each proposal is captioned as a region caption (the task the captions were trained on)
+            region_task = self.config.vocab.task_id("region_caption")
+            input_ids = torch.full((batch * k, 1), region_task, dtype=torch.long, device=prompt_coords.device)
+            attention_mask = None
         encoder_outputs, mask, features, _ = self.model.encode(
             None,
             None,
