@@ -264,8 +264,12 @@ def run_gpu(args: argparse.Namespace) -> None:
         for name, kwargs in [
             ("engine sdpa + CUDA graph", dict(attention="sdpa")),
             ("engine bmm + CUDA graph", dict(attention="bmm")),
+            ("engine sdpa compiled + CUDA graph", dict(attention="sdpa", compile_layers=True)),
             ("engine sdpa eager (no graph)", dict(attention="sdpa", use_cuda_graph=False)),
         ]:
+            if "compiled" in name and time.time() - started > args.compile_deadline_s:
+                print(f"[decode] {size} {name}: skipped (past --compile-deadline-s)", flush=True)
+                continue
             if dry and "graph" in name and "no graph" not in name:
                 kwargs = {**kwargs, "use_cuda_graph": False}
             eager = "eager" in name
@@ -389,6 +393,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed engine runs (median reported)")
     parser.add_argument("--stock-repeats", type=int, default=3, help="timed stock generate runs")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (--cpu)")
+    parser.add_argument(
+        "--compile-deadline-s", type=float, default=150.0, help="no compiled variant after this"
+    )
     parser.add_argument(
         "--device", default="cuda", help="cuda; 'cpu' dry-runs the GPU code path (--sizes tiny)"
     )

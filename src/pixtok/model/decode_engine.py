@@ -182,7 +182,9 @@ class StaticT5Decoder:
         device: where the engine runs; CUDA graphs are used only on CUDA devices.
         use_cuda_graph: capture the decode step; defaults to ``device.type == "cuda"``.
         attention: ``"sdpa"`` (``F.scaled_dot_product_attention``) or ``"bmm"`` (explicit
-            baddbmm/softmax/bmm; fewer surprises for one query row).
+            matmul/softmax/matmul; fewer surprises for one query row).
+        compile_layers: run the per-step layer stack through ``torch.compile`` (fuses the norms and
+            element-wise work into fewer kernels; the first call compiles).
     """
 
     def __init__(
@@ -195,6 +197,7 @@ class StaticT5Decoder:
         device: torch.device | str | None = None,
         use_cuda_graph: bool | None = None,
         attention: str = "sdpa",
+        compile_layers: bool = False,
     ) -> None:
         if hasattr(t5, "get_base_model"):  # a peft PeftModel: read the injected layers underneath
             t5 = t5.get_base_model()
@@ -211,6 +214,9 @@ class StaticT5Decoder:
         if self.use_cuda_graph and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         self.attention = attention
+        self._layers_fn: Callable[[Tensor], Tensor] = self._decoder_hidden
+        if compile_layers:
+            self._layers_fn = torch.compile(self._decoder_hidden, fullgraph=True, dynamic=False)
         self.num_heads = config.num_heads
         self.head_dim = config.d_kv
         self.inner_dim = config.num_heads * config.d_kv
@@ -412,7 +418,7 @@ class StaticT5Decoder:
     def _full_step(self) -> None:
         """One step over the full vocabulary into ``step_logits`` / ``step_hidden`` (step_fn path)."""
         bsz = self._batch
-        hidden = self._decoder_hidden(self.input_ids[:bsz])
+        hidden = self._layers_fn(self.input_ids[:bsz])
         self.step_hidden[:bsz].copy_(hidden)
         self.step_logits[:bsz].copy_(F.linear(hidden * self.head_scale, self.lm_head))
         self.position.add_(1)
@@ -466,7 +472,7 @@ class StaticT5Decoder:
         weights, ids = self._active_rows
         pos = self.position
         for p in range(TOKENS_PER_OBJECT):
-            hidden = self._decoder_hidden(self.input_ids[:bsz])
+            hidden = self._layers_fn(self.input_ids[:bsz])
             logits = F.linear(hidden, weights[p]).float() / self.temperature  # (B, R_p)
             if p == 0:  # column 0 is EOS, the rest coordinates: the boundary rules of this step
                 logits[:, :1] += self.eos_bias.index_select(0, pos)
