@@ -65,15 +65,6 @@ def clamp_trace(points: np.ndarray, report: LoadReport, what: str) -> np.ndarray
     return points
 
 
-def window_point(trace: np.ndarray, start: float, end: float) -> tuple[float, float] | None:
-    """Mean ``(x, y)`` of the ``(N, 3)`` ``[x, y, t]`` points with ``start <= t <= end``, or None."""
-    inside = (trace[:, 2] >= start) & (trace[:, 2] <= end)
-    if not inside.any():
-        return None
-    x, y = trace[inside, :2].mean(axis=0)
-    return float(x), float(y)
-
-
 def utterance_points(
     trace: np.ndarray, start: float, end: float, num_words: int
 ) -> list[tuple[float, float]]:
@@ -247,5 +238,4 @@ __all__ = [
     "sentence_ids",
     "to_pixels",
     "utterance_points",
-    "window_point",
 ]
