@@ -115,6 +115,7 @@ def test_predict_detection_writes_coco_results_and_png_and_skips_bad_images(tmp_
             str(out),
             "--max-new-tokens",
             "20",
+            "--attention",
         ]
     )
     assert rc == 0
@@ -128,6 +129,26 @@ def test_predict_detection_writes_coco_results_and_png_and_skips_bad_images(tmp_
     picture = Image.open(out / "000000229378.png")
     assert picture.size == Image.open(IMAGE).size
     assert not (out / "broken.json").exists()
+    assert Image.open(out / "000000229378_attention.png").width > 0
+
+
+def test_attention_maps_are_distributions_over_the_image_content():
+    loaded = cli.load_model("tiny")
+    predictor = cli.ModelPredictor(loaded, max_new_tokens=10)
+    image = Image.open(IMAGE).convert("RGB")  # 480 x 640 (w x h): content is 3/4 of the grid's width
+    predictor.predict("caption", [image], [{}])
+    maps, titles = cli.attention_maps(predictor, "caption", num_objects=3)
+    assert len(maps) == len(titles) == 3
+    grid = loaded.model.config.vision_config.image_size // loaded.model.config.vision_config.patch_size
+    assert maps[0].shape == (grid, round(grid * 480 / 640))
+    for m in maps:
+        assert (
+            m >= 0
+        ).all() and 0.5 < m.sum() <= 1.0 + 1e-5  # a distribution over the padded square, cropped
+    captured = cli._capture_token_to_image_attention(loaded.model.model, predictor.last_inputs)
+    rows = captured["attention"][0]
+    assert torch.allclose(rows.sum(dim=-1), torch.ones(rows.shape[0]), atol=1e-5)
+    assert rows.shape[0] == captured["encoded"][3].shape[1]  # one row per extractor token
 
 
 def test_predict_referring_and_caption(tmp_path):

@@ -435,16 +435,130 @@ def _render(
 def attention_maps(
     predictor: ModelPredictor, task: str, num_objects: int = 4
 ) -> tuple[list[np.ndarray], list[str]]:
-    """Decoder cross-attention of the last prediction projected onto the image grid, per object.
+    """Where the decoder looked on the image for the first objects of the last prediction.
+
+    PixelLLM's T5 decoder does not attend to image positions directly: it cross-attends to the
+    prompt extractor's ``num_tokens`` learnable tokens (and the text prompt), and each of those
+    tokens attended to the image grid in the extractor's final token→image attention. The map of an
+    output token is the product of both: decoder cross-attention (averaged over layers and heads,
+    restricted to the extractor tokens) times the extractor's token→image attention (averaged over
+    heads), cropped to the image content. Detection groups the 5 tokens of each object; other tasks
+    use single tokens.
+
+    Args:
+        predictor: after a :meth:`ModelPredictor.predict` call on one image.
+        task: that call's task.
+        num_objects: maps to return at most.
+
+    Returns:
+        ``(maps, titles)``: maps (h, w) over the image content grid, one per object / token.
 
     Raises:
-        CliError: the model does not expose what is needed (see the message).
+        CliError: panoptic models (no decoder), dense captions, or nothing generated.
     """
-    from pixtok.model.attention import image_attention  # provided by the model package when available
+    import torch
 
-    return image_attention(
-        predictor.loaded.model, predictor.last_inputs, predictor.last_generation, task, num_objects
-    )
+    from pixtok.model.modeling_pixtok import shift_right
+
+    loaded, inputs, generation = predictor.loaded, predictor.last_inputs, predictor.last_generation
+    if loaded.kind != "pixtok" or generation is None or getattr(generation, "sequences", None) is None:
+        raise CliError(
+            "--attention needs a pixtok sequence model (the panoptic model has no decoder attention)"
+        )
+    if task == "dense_caption":
+        raise CliError(
+            "--attention is drawn for image-level sequences; dense_caption has one sequence per region"
+        )
+    core = loaded.model.model
+    captured = _capture_token_to_image_attention(core, inputs)
+    encoder_outputs, encoder_mask, _, prefix = captured["encoded"]
+    sequences = generation.sequences[:1]
+    # sdpa returns no attention weights: switch every config of the T5 (encoder and decoder stacks
+    # hold their own copies) to eager for this one pass, then restore
+    configs = {id(m.config): m.config for m in core.text_model.modules() if hasattr(m, "config")}
+    previous = {key: config._attn_implementation for key, config in configs.items()}
+    for config in configs.values():
+        config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            out = core.text_model(
+                encoder_outputs=encoder_outputs,
+                attention_mask=encoder_mask[:1],
+                decoder_inputs_embeds=core.embed_tokens(shift_right(sequences)).to(prefix.dtype),
+                output_attentions=True,
+                return_dict=True,
+            )
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = previous[key]
+    if not out.cross_attentions or out.cross_attentions[0] is None:
+        raise CliError(
+            "the language model returned no cross-attentions (needs an eager attention implementation)"
+        )
+    cross = torch.stack([a[0].float() for a in out.cross_attentions]).mean(dim=(0, 1))  # (T, Le)
+    num_tokens = prefix.shape[1]
+    to_tokens = cross[:, :num_tokens]  # (T, num_tokens)
+    token_maps = captured["attention"][0]  # (num_tokens, g*g)
+    grid = int(round(token_maps.shape[-1] ** 0.5))
+    h, w = (int(v) for v in inputs["image_sizes"][0].tolist())
+    rows, cols = max(1, round(grid * h / max(h, w))), max(1, round(grid * w / max(h, w)))
+    length = int((sequences[0] != 0).sum().item())
+    if task == "detection":
+        groups = [list(range(5 * k, 5 * k + 5)) for k in range(min(num_objects, length // 5))]
+        titles = [f"object {k + 1}" for k in range(len(groups))]
+    else:
+        groups = [[t] for t in range(min(num_objects, max(length - 1, 0)))]
+        tokenizer = loaded.processor.tokenizer
+        titles = [str(tokenizer.convert_ids_to_tokens(int(sequences[0, g[0]]))) for g in groups]
+    if not groups:
+        raise CliError("nothing was generated for this image, so there is no attention to draw")
+    maps = []
+    for positions in groups:
+        weights = to_tokens[positions].mean(dim=0)
+        weights = weights / weights.sum().clamp(min=1e-12)
+        image_map = (weights @ token_maps).reshape(grid, grid)[:rows, :cols]
+        maps.append(image_map.cpu().numpy())
+    return maps, titles
+
+
+def _capture_token_to_image_attention(core: Any, inputs: Any) -> dict[str, Any]:
+    """Run ``core.encode`` while recording the extractor's final token→image attention.
+
+    Returns:
+        ``{"encoded": core.encode(...)'s tuple, "attention": (B, num_tokens, g*g) averaged over heads}``.
+    """
+    import torch
+
+    module = core.extractor.transformer.final_attn_token_to_image
+    captured: dict[str, Any] = {}
+
+    def hook(mod: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        query = kwargs["query"] if "query" in kwargs else args[0]
+        key = kwargs["key"] if "key" in kwargs else args[1]
+        q = mod._separate_heads(mod.q_proj(query), mod.num_attention_heads)
+        k = mod._separate_heads(mod.k_proj(key), mod.num_attention_heads)
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * mod.scaling, dim=-1)  # (B, heads, Nq, g*g)
+        captured["attention"] = weights.float().mean(dim=1)
+
+    handle = module.register_forward_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            captured["encoded"] = core.encode(
+                inputs["pixel_values"],
+                inputs["eva_pixel_values"],
+                inputs.get("input_ids"),
+                inputs.get("attention_mask"),
+                inputs.get("prompt_coords"),
+                inputs.get("prompt_labels"),
+                inputs.get("image_sizes"),
+            )
+    finally:
+        handle.remove()
+    if "attention" not in captured:
+        raise CliError("could not record the prompt extractor's token-to-image attention")
+    num_tokens = captured["encoded"][3].shape[1]
+    captured["attention"] = captured["attention"][:, :num_tokens]
+    return captured
 
 
 DATA_PATH_OPTIONS: tuple[str, ...] = (
