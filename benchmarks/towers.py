@@ -205,125 +205,140 @@ def run(args: argparse.Namespace) -> None:
         )
         return ips
 
-    # --- SAM ViT-B ---
-    from transformers import SamVisionConfig, SamVisionModel
+    def sam_b() -> None:
+        # --- SAM ViT-B ---
+        from transformers import SamVisionConfig, SamVisionModel
 
-    sam_cfg = SamVisionConfig()
-    sam_cfg._attn_implementation = "sdpa"
-    flops = sam_vit_flops(sam_cfg)
-    with torch.device("meta"):
-        counted = counted_flops(SamVisionModel(sam_cfg).eval(), torch.randn(1, 3, 1024, 1024))
-    metrics["sam_b_gflop_per_img"] = round(flops / 1e9, 1)
-    metrics["sam_b_gflop_per_img_flop_counter"] = round(counted / 1e9, 1)
-    print(f"[towers] SAM-B {flops / 1e9:.0f} GFLOP/img (flop counter {counted / 1e9:.0f})", flush=True)
-    x = torch.randn(SAM_BATCH, 3, 1024, 1024, device=device, dtype=torch.bfloat16)
-    with torch.device(device):
-        stock = SamVisionModel(sam_cfg).to(torch.bfloat16).eval()
-    best = record("sam_b", "stock_sdpa", lambda m=stock: m(x), SAM_BATCH, flops, False)
-    for name, ms in top_kernels(lambda m=stock: m(x)):
-        print(f"[towers]   stock SAM kernel {ms:8.2f} ms  {name}", flush=True)
-    ours_name = "pixtok.model.sam.SamImageEncoder"
-    try:
-        from pixtok.model.sam import SamImageEncoder
-
+        sam_cfg = SamVisionConfig()
+        sam_cfg._attn_implementation = "sdpa"
+        flops = sam_vit_flops(sam_cfg)
+        with torch.device("meta"):
+            counted = counted_flops(SamVisionModel(sam_cfg).eval(), torch.randn(1, 3, 1024, 1024))
+        metrics["sam_b_gflop_per_img"] = round(flops / 1e9, 1)
+        metrics["sam_b_gflop_per_img_flop_counter"] = round(counted / 1e9, 1)
+        print(f"[towers] SAM-B {flops / 1e9:.0f} GFLOP/img (flop counter {counted / 1e9:.0f})", flush=True)
+        x = torch.randn(SAM_BATCH, 3, 1024, 1024, device=device, dtype=torch.bfloat16)
         with torch.device(device):
-            ours = SamImageEncoder(sam_cfg).to(torch.bfloat16).eval()
-    except Exception as exc:  # the tower file is someone else's: fall back to the module it wraps
-        print(f"[towers] {ours_name} unavailable ({exc!r}); using transformers' SamVisionEncoder", flush=True)
-        from transformers.models.sam.modeling_sam import SamVisionEncoder
+            stock = SamVisionModel(sam_cfg).to(torch.bfloat16).eval()
+        best = record("sam_b", "stock_sdpa", lambda m=stock: m(x), SAM_BATCH, flops, False)
+        for name, ms in top_kernels(lambda m=stock: m(x)):
+            print(f"[towers]   stock SAM kernel {ms:8.2f} ms  {name}", flush=True)
+        ours_name = "pixtok.model.sam.SamImageEncoder"
+        try:
+            from pixtok.model.sam import SamImageEncoder
 
-        ours_name = "transformers SamVisionEncoder"
-        with torch.device(device):
-            ours = SamVisionEncoder(sam_cfg).to(torch.bfloat16).eval()
-    metrics["sam_b_ours_module"] = ours_name
-    encoder = getattr(ours, "vision_encoder", ours)
-    encoder.load_state_dict(stock.vision_encoder.state_dict())
-    with torch.inference_mode():
-        ref = stock(x[:2]).last_hidden_state
-        got = ours(x[:2])
-        metrics["sam_b_ours_rel_err_vs_stock"] = rel_err(getattr(got, "last_hidden_state", got), ref)
-    best = max(best, record("sam_b", "ours_eager", lambda m=ours: m(x), SAM_BATCH, flops, False))
-    compiled = torch.compile(ours)
-    best = max(best, record("sam_b", "ours_compile", lambda m=compiled: m(x), SAM_BATCH, flops, True))
-    if not args.no_compile and time.time() < deadline:
-        try:  # global-attention layers through FlexAttention (no materialized N x N bias)
-            for index in sam_cfg.global_attn_indexes:
-                encoder.layers[index].attn = FlexRelPosAttention(encoder.layers[index].attn)
-            flexed = torch.compile(ours)
-            with torch.inference_mode():
-                got = flexed(x[:2])
-                metrics["sam_b_flex_rel_err_vs_stock"] = rel_err(getattr(got, "last_hidden_state", got), ref)
+            with torch.device(device):
+                ours = SamImageEncoder(sam_cfg).to(torch.bfloat16).eval()
+        except Exception as exc:  # the tower file is someone else's: fall back to the module it wraps
             print(
-                f"[towers] SAM flex rel err vs stock {metrics['sam_b_flex_rel_err_vs_stock']:.2e}", flush=True
+                f"[towers] {ours_name} unavailable ({exc!r}); using transformers' SamVisionEncoder",
+                flush=True,
             )
-            best = max(
-                best,
-                record("sam_b", "ours_flex_global_compile", lambda m=flexed: m(x), SAM_BATCH, flops, True),
-            )
-        except Exception as exc:
-            print(f"[towers] SAM flex variant FAILED: {exc!r}"[:600], flush=True)
-            metrics["sam_b_flex_error"] = repr(exc)[:300]
-    del stock
-    metrics["sam_b_img_per_s"] = round(best, 1)
-    metrics["sam_b_mfu"] = round(best * flops / (DATASHEET_BF16_TFLOPS * 1e12), 4)
-    del ours, compiled, x
-    gc.collect()
-    torch.cuda.empty_cache()
-    write_result(out_path, "towers", device_name, command_line(), metrics)
+            from transformers.models.sam.modeling_sam import SamVisionEncoder
 
-    # --- EVA02-L/14 at 448 ---
-    import timm
-
-    x = torch.randn(EVA_BATCH, 3, 448, 448, device=device, dtype=torch.bfloat16)
-    with torch.device(device):
-        stock = timm.create_model("eva02_large_patch14_448", pretrained=False).to(torch.bfloat16).eval()
-    flops = eva_flops(stock, 448)
-    with torch.device("meta"):
-        meta = timm.create_model("eva02_large_patch14_448", pretrained=False).eval()
-        counted = counted_flops(meta, torch.randn(1, 3, 448, 448), meta.forward_features)
-    metrics["eva02_l_gflop_per_img"] = round(flops / 1e9, 1)
-    metrics["eva02_l_gflop_per_img_flop_counter"] = round(counted / 1e9, 1)
-    print(f"[towers] EVA02-L {flops / 1e9:.0f} GFLOP/img (flop counter {counted / 1e9:.0f})", flush=True)
-    best = record("eva02_l", "stock_timm", lambda m=stock: m.forward_features(x), EVA_BATCH, flops, False)
-    for name, ms in top_kernels(lambda m=stock: m.forward_features(x)):
-        print(f"[towers]   stock EVA kernel {ms:8.2f} ms  {name}", flush=True)
-    variants: list[tuple[str, nn.Module]] = []
-    try:
-        from pixtok.model.configuration_towers import PixtokEva02Config
-        from pixtok.model.eva02 import Eva02Encoder
-
-        with torch.device(device):
-            variants.append(("ours_eager", Eva02Encoder(PixtokEva02Config()).to(torch.bfloat16).eval()))
-            fused = Eva02Encoder(PixtokEva02Config(qkv_fused=True)).to(torch.bfloat16).eval()
-        variants += [("ours_qkv_fused_eager", fused), ("ours_qkv_fused_compile", fused)]
-        metrics["eva02_l_ours_module"] = "pixtok.model.eva02.Eva02Encoder"
-    except Exception as exc:
-        print(f"[towers] pixtok Eva02Encoder unavailable ({exc!r}); using timm's Eva", flush=True)
-        with torch.device(device):
-            model = timm.create_model("eva02_large_patch14_448", pretrained=False).to(torch.bfloat16).eval()
-        variants = [("ours_eager", model), ("ours_compile", model)]
-        metrics["eva02_l_ours_module"] = "timm eva02_large_patch14_448"
-    with torch.inference_mode():
-        ref = stock.forward_features(x[:2])
-        for name, module in variants[:2]:
-            eva = getattr(module, "eva", module)
-            try:
-                if getattr(eva.blocks[0].attn, "qkv", None) is None:
-                    eva.load_state_dict(stock.state_dict(), strict=False)
-                else:
-                    fuse_eva_qkv(stock, eva)
-                metrics[f"eva02_l_{name}_rel_err_vs_stock"] = rel_err(eva.forward_features(x[:2]), ref)
+            ours_name = "transformers SamVisionEncoder"
+            with torch.device(device):
+                ours = SamVisionEncoder(sam_cfg).to(torch.bfloat16).eval()
+        metrics["sam_b_ours_module"] = ours_name
+        encoder = getattr(ours, "vision_encoder", ours)
+        encoder.load_state_dict(stock.vision_encoder.state_dict())
+        with torch.inference_mode():
+            ref = stock(x[:2]).last_hidden_state
+            got = ours(x[:2])
+            metrics["sam_b_ours_rel_err_vs_stock"] = rel_err(getattr(got, "last_hidden_state", got), ref)
+        best = max(best, record("sam_b", "ours_eager", lambda m=ours: m(x), SAM_BATCH, flops, False))
+        compiled = torch.compile(ours)
+        best = max(best, record("sam_b", "ours_compile", lambda m=compiled: m(x), SAM_BATCH, flops, True))
+        if not args.no_compile and time.time() < deadline:
+            try:  # global-attention layers through FlexAttention (no materialized N x N bias)
+                for index in sam_cfg.global_attn_indexes:
+                    encoder.layers[index].attn = FlexRelPosAttention(encoder.layers[index].attn)
+                flexed = torch.compile(ours)
+                with torch.inference_mode():
+                    got = flexed(x[:2])
+                    metrics["sam_b_flex_rel_err_vs_stock"] = rel_err(
+                        getattr(got, "last_hidden_state", got), ref
+                    )
+                print(
+                    f"[towers] SAM flex rel err vs stock {metrics['sam_b_flex_rel_err_vs_stock']:.2e}",
+                    flush=True,
+                )
+                best = max(
+                    best,
+                    record(
+                        "sam_b", "ours_flex_global_compile", lambda m=flexed: m(x), SAM_BATCH, flops, True
+                    ),
+                )
             except Exception as exc:
-                print(f"[towers] EVA {name} weight copy FAILED: {exc!r}"[:400], flush=True)
-    del stock, ref
-    for name, module in variants:
-        forward = getattr(module, "forward_features", module)
-        compiled = "compile" in name
-        fn = torch.compile(forward) if compiled else forward
-        best = max(best, record("eva02_l", name, lambda f=fn: f(x), EVA_BATCH, flops, compiled))
-    metrics["eva02_l_img_per_s"] = round(best, 1)
-    metrics["eva02_l_mfu"] = round(best * flops / (DATASHEET_BF16_TFLOPS * 1e12), 4)
-    write_result(out_path, "towers", device_name, command_line(), metrics)
+                print(f"[towers] SAM flex variant FAILED: {exc!r}"[:600], flush=True)
+                metrics["sam_b_flex_error"] = repr(exc)[:300]
+        del stock
+        metrics["sam_b_img_per_s"] = round(best, 1)
+        metrics["sam_b_mfu"] = round(best * flops / (DATASHEET_BF16_TFLOPS * 1e12), 4)
+        del ours, compiled
+        gc.collect()
+        torch.cuda.empty_cache()
+        write_result(out_path, "towers", device_name, command_line(), metrics)
+
+    def eva02_l() -> None:
+        # --- EVA02-L/14 at 448 ---
+        import timm
+
+        x = torch.randn(EVA_BATCH, 3, 448, 448, device=device, dtype=torch.bfloat16)
+        with torch.device(device):
+            stock = timm.create_model("eva02_large_patch14_448", pretrained=False).to(torch.bfloat16).eval()
+        flops = eva_flops(stock, 448)
+        with torch.device("meta"):
+            meta = timm.create_model("eva02_large_patch14_448", pretrained=False).eval()
+            counted = counted_flops(meta, torch.randn(1, 3, 448, 448), meta.forward_features)
+        metrics["eva02_l_gflop_per_img"] = round(flops / 1e9, 1)
+        metrics["eva02_l_gflop_per_img_flop_counter"] = round(counted / 1e9, 1)
+        print(f"[towers] EVA02-L {flops / 1e9:.0f} GFLOP/img (flop counter {counted / 1e9:.0f})", flush=True)
+        best = record("eva02_l", "stock_timm", lambda m=stock: m.forward_features(x), EVA_BATCH, flops, False)
+        for name, ms in top_kernels(lambda m=stock: m.forward_features(x)):
+            print(f"[towers]   stock EVA kernel {ms:8.2f} ms  {name}", flush=True)
+        variants: list[tuple[str, nn.Module]] = []
+        try:
+            from pixtok.model.configuration_towers import PixtokEva02Config
+            from pixtok.model.eva02 import Eva02Encoder
+
+            with torch.device(device):
+                variants.append(("ours_eager", Eva02Encoder(PixtokEva02Config()).to(torch.bfloat16).eval()))
+                fused = Eva02Encoder(PixtokEva02Config(qkv_fused=True)).to(torch.bfloat16).eval()
+            variants += [("ours_qkv_fused_eager", fused), ("ours_qkv_fused_compile", fused)]
+            metrics["eva02_l_ours_module"] = "pixtok.model.eva02.Eva02Encoder"
+        except Exception as exc:
+            print(f"[towers] pixtok Eva02Encoder unavailable ({exc!r}); using timm's Eva", flush=True)
+            with torch.device(device):
+                model = (
+                    timm.create_model("eva02_large_patch14_448", pretrained=False).to(torch.bfloat16).eval()
+                )
+            variants = [("ours_eager", model), ("ours_compile", model)]
+            metrics["eva02_l_ours_module"] = "timm eva02_large_patch14_448"
+        with torch.inference_mode():
+            ref = stock.forward_features(x[:2])
+            for name, module in variants[:2]:
+                eva = getattr(module, "eva", module)
+                try:
+                    if getattr(eva.blocks[0].attn, "qkv", None) is None:
+                        eva.load_state_dict(stock.state_dict(), strict=False)
+                    else:
+                        fuse_eva_qkv(stock, eva)
+                    metrics[f"eva02_l_{name}_rel_err_vs_stock"] = rel_err(eva.forward_features(x[:2]), ref)
+                except Exception as exc:
+                    print(f"[towers] EVA {name} weight copy FAILED: {exc!r}"[:400], flush=True)
+        del stock, ref
+        for name, module in variants:
+            forward = getattr(module, "forward_features", module)
+            compiled = "compile" in name
+            fn = torch.compile(forward) if compiled else forward
+            best = max(best, record("eva02_l", name, lambda f=fn: f(x), EVA_BATCH, flops, compiled))
+        metrics["eva02_l_img_per_s"] = round(best, 1)
+        metrics["eva02_l_mfu"] = round(best * flops / (DATASHEET_BF16_TFLOPS * 1e12), 4)
+        write_result(out_path, "towers", device_name, command_line(), metrics)
+
+    for part in (eva02_l, sam_b) if args.eva_first else (sam_b, eva02_l):
+        part()
     print("\n| tower | variant | img/s | MFU (989 TFLOP/s) |\n| --- | --- | --- | --- |")
     for tower, name, ips, mfu in table:
         print(f"| {tower} | {name} | {ips:.1f} | {100 * mfu:.1f}% |")
@@ -334,6 +349,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for towers.json")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--eva-first", action="store_true", help="measure EVA02-L before SAM-B")
     parser.add_argument("--budget-s", type=float, default=400.0, help="no new compile variant after this")
     run(parser.parse_args())
 
