@@ -61,6 +61,8 @@ def test_recipe_runs_and_leaves_model_metrics_picture_card(name, tmp_path, cache
     for task, values in metrics["val"].items():
         assert MAIN_METRIC[task] in values, (task, sorted(values))
         assert (out / f"val_{task}.png").is_file()
+        if task == "caption":  # the main job's promise: caption loss and trace point L1
+            assert values["val_lm_loss"] > 0 and 0 <= values["trace_l1"] < 1
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     card = (out / "README.md").read_text()
     assert "Validation metrics" in card and MAIN_METRIC[next(iter(metrics["val"]))] in card

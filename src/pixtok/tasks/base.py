@@ -126,6 +126,10 @@ class Task(ABC):
     def post_process(self, processor: Any, outputs: Any, target_sizes: list[tuple[int, int]]) -> list[dict]:
         """The processor's ``post_process_*`` of this task."""
 
+    def forward_metrics(self, batch: Any, outputs: Any) -> dict[str, tuple[float, float]]:
+        """Teacher-forced metrics of one validation batch as ``{name: (sum, count)}`` (default none)."""
+        return {}
+
     def draw_kwargs(self, example: Example, prediction: dict) -> dict[str, Any]:
         """Extra arguments of :func:`pixtok.visualize.render` for one example (prompt, labels …)."""
         return {}

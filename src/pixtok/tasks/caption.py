@@ -47,6 +47,15 @@ class CaptionTask(Task):
     def generation_kwargs(self) -> dict[str, Any]:
         return {"do_sample": False}
 
+    def forward_metrics(self, batch: Any, outputs: Any) -> dict[str, tuple[float, float]]:
+        """``trace_l1``: mean |predicted - true| point coordinate over words with a point, teacher-forced
+        on the reference caption, in model space (coordinates / the image's long side)."""
+        points, mask = getattr(outputs, "points", None), batch.get("point_mask")
+        if points is None or mask is None or not bool(mask.any()):
+            return {}
+        diff = (points - batch["point_targets"]).abs()[mask.bool()]
+        return {"trace_l1": (float(diff.sum()), float(diff.numel()))}
+
     def draw_kwargs(self, example: Example, prediction: dict) -> dict[str, Any]:
         return {"title": "reference: " + example.reference["text"]}
 

@@ -150,10 +150,13 @@ def evaluate(
             for name in LOSS_NAMES:
                 value = getattr(out, name, None)
                 if value is not None and torch.isfinite(value):
-                    sums[name] = sums.get(name, 0.0) + float(value) * len(chunk)
-                    counts[name] = counts.get(name, 0) + len(chunk)
+                    sums[f"val_{name}"] = sums.get(f"val_{name}", 0.0) + float(value) * len(chunk)
+                    counts[f"val_{name}"] = counts.get(f"val_{name}", 0) + len(chunk)
+            for name, (total, count) in data.task.forward_metrics(batch, out).items():
+                sums[name] = sums.get(name, 0.0) + total
+                counts[name] = counts.get(name, 0) + count
             predictions += data.task.predict(model, processor, chunk, max_new_tokens=max_new_tokens)
-        metrics = {f"val_{k}": sums[k] / counts[k] for k in sums}
+        metrics = {k: sums[k] / counts[k] for k in sums if counts[k]}
         metrics.update(data.task.score(predictions, examples))
         results[data.task.name] = metrics
         shown[data.task.name] = (examples, predictions)
