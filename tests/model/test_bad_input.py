@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.model.test_modeling import full_batch
 
 from pixtok.model.configuration_pixtok import PixtokConfig
 from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+from tests.model.test_modeling import full_batch
 
 torch.set_num_threads(1)
 

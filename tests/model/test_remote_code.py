@@ -11,12 +11,12 @@ import textwrap
 
 import torch
 from safetensors.torch import save_file
-from tests.model.test_modeling import full_batch
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from pixtok.auto import register_auto_classes
 from pixtok.model.configuration_pixtok import PixtokConfig
 from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration, PixtokModel
+from tests.model.test_modeling import full_batch
 
 torch.set_num_threads(1)
 
