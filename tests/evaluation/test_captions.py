@@ -97,3 +97,67 @@ def test_bad_input_is_a_clear_error():
         C.bleu_scores(["a"], ["a"])
     with pytest.raises(ValueError, match="no reference"):
         C.rouge_l(["a"], [[]])
+
+
+_FAKE_METEOR = r"""
+import java.io.*;
+import java.util.*;
+
+/** Speaks METEOR 1.5's -stdio protocol; the "score" of a segment is its exact unigram precision. */
+public class FakeMeteor {
+    public static void main(String[] args) throws IOException {
+        BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
+        PrintStream out = System.out;
+        String line;
+        while ((line = in.readLine()) != null) {
+            String[] parts = line.split(" \\|\\|\\| ", -1);
+            if (parts[0].equals("SCORE")) {
+                Set<String> refs = new HashSet<>();
+                for (int i = 1; i < parts.length - 1; i++) refs.addAll(Arrays.asList(parts[i].split(" ")));
+                String[] hyp = parts[parts.length - 1].split(" ");
+                int hits = 0;
+                for (String w : hyp) if (refs.contains(w)) hits++;
+                out.println(hits + " " + hyp.length);
+            } else if (parts[0].equals("EVAL")) {
+                double hits = 0, total = 0;
+                for (int i = 1; i < parts.length; i++) {
+                    String[] s = parts[i].trim().split(" ");
+                    double h = Double.parseDouble(s[0]), t = Double.parseDouble(s[1]);
+                    out.println(h / t);
+                    hits += h; total += t;
+                }
+                out.println(hits / total);
+            }
+            out.flush();
+        }
+    }
+}
+"""
+
+
+def test_meteor_stdio_protocol_with_a_stand_in_jar(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    if not (shutil.which("javac") and shutil.which("jar") and shutil.which("java")):
+        pytest.skip("needs a JDK (javac, jar) to build the stand-in METEOR jar")
+    (tmp_path / "FakeMeteor.java").write_text(_FAKE_METEOR)
+    subprocess.run(["javac", "FakeMeteor.java"], cwd=tmp_path, check=True)
+    subprocess.run(
+        ["jar", "cfe", "meteor-1.5.jar", "FakeMeteor", "FakeMeteor.class"], cwd=tmp_path, check=True
+    )
+    jar = tmp_path / "meteor-1.5.jar"
+    # tokens after PTB: "a cat sits" (3/3 in refs), "two dogs bark loudly" (2/4 in refs)
+    cands = ["A cat sits.", "Two dogs bark loudly!"]
+    refs = [["a cat sits on a mat"], ["two dogs", "dogs playing"]]
+    value, reason = C.meteor(cands, refs, meteor_jar=jar)
+    assert reason == "" and value == pytest.approx(5 / 7)  # corpus value from the final EVAL line
+    monkeypatch.setenv(C.METEOR_JAR_ENV, str(jar))
+    assert C.evaluate_captions(cands, refs)["METEOR"] == pytest.approx(5 / 7)
+    from pixtok.evaluation.dense_captions import evaluate_dense_captions
+
+    out = evaluate_dense_captions(
+        [{"boxes": [[0, 0, 10, 10]], "scores": [1.0], "captions": ["a cat sits"]}],
+        [{"boxes": [[0, 0, 10, 10]], "captions": ["a cat sits on a mat"]}],
+    )
+    assert out["similarity"] == "meteor-1.5" and out["mAP"] == pytest.approx(1.0)

@@ -398,7 +398,7 @@ def evaluate_captions(
         use_meteor: set ``False`` to skip METEOR without a warning.
 
     Returns:
-        ``{"BLEU-1", …, "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "num_images"}`` (+ ``"METEOR_note"``
+        ``{"BLEU-1", …, "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "num_captions"}`` (+ ``"METEOR_note"``
         when METEOR could not run). BLEU/METEOR/ROUGE-L in [0, 1]; CIDEr-D on coco-caption's ×10 scale.
     """
     cands, refs = _tokenized(candidates, references)
@@ -421,7 +421,7 @@ def evaluate_captions(
     results["ROUGE-L"] = sum(_rouge_l_tokens(c, r) for c, r in zip(cands, refs)) / len(cands)
     cider = _cider_d_tokens(cands, refs)
     results["CIDEr-D"] = sum(cider) / len(cider)
-    results["num_images"] = float(len(cands))
+    results["num_captions"] = float(len(cands))
     return results
 
 

@@ -97,6 +97,7 @@ class EvaluationResult:
         lines = [
             f"{self.task}: {self.num_images} images, {self.num_samples} samples, {len(self.skipped)} skipped"
         ]
+        lines.append("(fractions x100; CIDEr-D on coco-caption's x10 scale; trace L1 in normalized units)")
         lines.append("-" * (width + 12))
         lines += [f"{name:<{width}}  {value:>9}" for name, value in rows]
         lines += [f"note: {n}" for n in self.notes]

@@ -14,7 +14,7 @@ Args:
     references (`list[list[str]]`): the reference captions of each image.
     meteor_jar (`str`, *optional*): path of meteor-1.5.jar (else $PIXTOK_METEOR_JAR).
 Returns:
-    `{"BLEU-1", …, "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "num_images"}` (+ `"METEOR_note"`).
+    `{"BLEU-1", …, "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", "num_captions"}` (+ `"METEOR_note"`).
 """
 
 
