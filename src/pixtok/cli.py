@@ -389,7 +389,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             skipped.append(f"{path}: {error}")
             print(f"skipping {path}: {error}", file=sys.stderr)
             continue
-        prediction = predictor.predict(args.task, [image], [prompt])[0]
+        try:
+            prediction = predictor.predict(args.task, [image], [prompt])[0]
+        except ValueError as error:  # e.g. a prompt outside this image: skip it, keep the others
+            skipped.append(f"{path}: {error}")
+            print(f"skipping {path}: {error}", file=sys.stderr)
+            continue
         stem = path.stem
         payload = prediction_to_json(args.task, prediction, stem, loaded.id2label, category_ids)
         (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
