@@ -165,7 +165,8 @@ def test_generate_and_post_process(
     gen = model.generate(**inputs, num_steps=3, td=0.5, generator=torch.Generator().manual_seed(0))
     assert isinstance(gen, PixtokPanopticGenerateOutput)
     assert gen.class_ids.shape == gen.instance_ids.shape == gen.pixel_scores.shape == (2, 32, 32)
-    assert gen.class_ids.max() < 8 and gen.instance_ids.max() < 8
+    assert gen.class_ids.max() <= 3 and gen.instance_ids.max() < 8  # 3 labels: values > 3 are made void
+    assert (gen.instance_ids[gen.class_ids == 0] == 0).all()
     assert ((gen.pixel_scores >= 0) & (gen.pixel_scores <= 1)).all()
     again = model.generate(**inputs, num_steps=3, td=0.5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(gen.class_ids, again.class_ids)  # seeded sampling is reproducible

@@ -10,8 +10,8 @@ The model writes a whole panoptic mask as a grid of (class, instance) integers a
   self-conditioning estimate (``2K`` channels at ``Hm``) are patchified down to ``g x g`` and added
   to the projected image features and a time embedding; transformer blocks (self-attention,
   cross-attention to the image features, MLP) mix them; an upsampling decoder brings the tokens
-  back to ``Hm`` with a full-resolution skip that reads the bits and the image (RGB resized to
-  ``Hm``), and predicts the clean analog bits ``x_0`` (x0-parameterization, as Pix2Seq-D).
+  back to ``Hm`` with a full-resolution skip that reads the image (RGB resized to ``Hm``), the
+  self-conditioning estimate and optionally ``x_t`` (``decoder_config.skip_noisy_bits``), and predicts the clean analog bits ``x_0`` (x0-parameterization, as Pix2Seq-D).
 
 Training (:meth:`PixtokForPanopticSegmentation.forward`): ``t ~ U(0, 1)``; ``x_t`` from the cosine
 schedule; with probability ``self_condition_rate`` a first pass without gradient gives the
@@ -80,8 +80,9 @@ class PixtokPanopticGenerateOutput(ModelOutput):
     """Output of :meth:`PixtokForPanopticSegmentation.generate` (input of post-processing).
 
     Attributes:
-        class_ids: (B, Hm, Wm) long, 0 = void, ``label_id + 1`` otherwise.
-        instance_ids: (B, Hm, Wm) long, 0 = no instance.
+        class_ids: (B, Hm, Wm) long, 0 = void, ``label_id + 1`` otherwise; sampled bit patterns
+            beyond the last label are void.
+        instance_ids: (B, Hm, Wm) long, 0 = no instance (always 0 on void pixels).
         pixel_scores: (B, Hm, Wm) float in [0, 1]: the least confident bit of each pixel,
             ``min_k |x0_k| / b``.
         bits: (B, K, Hm, Wm) the final ``x_0`` estimate, clipped to ``[-b, b]``.
@@ -222,7 +223,8 @@ class PanopticMaskDecoder(nn.Module):
         up_out = c if stages else d
         # full-resolution skip: the bits and the image at mask resolution
         s = config.skip_channels
-        self.skip = nn.Sequential(nn.Conv2d(2 * num_bits + 3, s, kernel_size=3, padding=1), nn.GELU())
+        skip_in = (2 if config.skip_noisy_bits else 1) * num_bits + 3
+        self.skip = nn.Sequential(nn.Conv2d(skip_in, s, kernel_size=3, padding=1), nn.GELU())
         self.head = nn.Sequential(
             nn.Conv2d(up_out + s, c, kernel_size=3, padding=1),
             nn.GELU(),
@@ -255,7 +257,8 @@ class PanopticMaskDecoder(nn.Module):
         y = self.norm(x).transpose(1, 2).reshape(b, d, g, g)
         for stage in self.up:
             y = stage(y)
-        skip = self.skip(torch.cat([bits_in, image.to(bits_in.dtype)], dim=1))
+        skip_bits = bits_in if self.config.skip_noisy_bits else self_cond
+        skip = self.skip(torch.cat([skip_bits, image.to(bits_in.dtype)], dim=1))
         return self.head(torch.cat([y, skip], dim=1))
 
 
@@ -524,6 +527,8 @@ class PixtokForPanopticSegmentation(PixtokPanopticPreTrainedModel):
             device=features.device,
         )
         class_ids, instance_ids = self.codec.decode(x0)
+        class_ids = class_ids.masked_fill(class_ids > len(self.config.id2label), 0)  # names no label: void
+        instance_ids = instance_ids.masked_fill(class_ids == 0, 0)  # void pixels carry no instance
         scores = (x0.abs().amin(dim=1) / b).clamp(0, 1)
         things = torch.tensor(self.config.thing_label_ids, dtype=torch.long)
         return PixtokPanopticGenerateOutput(

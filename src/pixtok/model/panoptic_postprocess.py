@@ -286,6 +286,44 @@ def panoptic_maps_from_coco(
     )
 
 
+def panoptic_maps_from_row(
+    row: Mapping[str, Any],
+    max_instance_id: int,
+    mask_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, PanopticTargetReport]:
+    """A ``pixtok.data.load("coco_panoptic", ...)`` row -> (class_map, instance_map) at mask resolution.
+
+    The loader's ``segments_info`` entries carry ``label`` (contiguous label id), ``isthing`` and
+    ``iscrowd``; things are taken from ``isthing``.
+
+    Args:
+        row: a dataset row with ``panoptic`` (PNG image), ``segments_info`` and ``image_id``.
+        max_instance_id: ``2**instance_bits - 1``.
+        mask_size: output side (padded square, resized); ``None`` keeps the padded square.
+
+    Returns:
+        As :func:`panoptic_maps_from_segments`.
+    """
+    for key in ("panoptic", "segments_info"):
+        if key not in row:
+            raise ValueError(f"a coco_panoptic row needs {key!r}; got keys {sorted(row)}")
+    segments = [
+        {"id": int(s["id"]), "label_id": s.get("label"), "iscrowd": int(s.get("iscrowd", 0))}
+        for s in row["segments_info"]
+    ]
+    things = {
+        int(s["label"]) for s in row["segments_info"] if s.get("isthing") and s.get("label") is not None
+    }
+    return panoptic_maps_from_segments(
+        rgb_to_panoptic_id(row["panoptic"]),
+        segments,
+        things,
+        max_instance_id,
+        mask_size,
+        str(row.get("image_id", "")),
+    )
+
+
 def panoptic_maps_from_masks(
     masks: torch.Tensor | np.ndarray,
     labels: Sequence[int],
@@ -458,6 +496,7 @@ __all__ = [
     "pad_to_square",
     "panoptic_maps_from_coco",
     "panoptic_maps_from_masks",
+    "panoptic_maps_from_row",
     "panoptic_maps_from_segments",
     "post_process_panoptic_segmentation",
     "resize_label_map",
