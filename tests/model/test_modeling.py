@@ -322,3 +322,23 @@ def test_processor_batches_train_and_generate_for_every_task() -> None:
             assert post[0]["box"].shape == (4,) and post[0]["mask"].shape == (48, 64)
         if task == "dense_caption":
             assert len(post[0]["boxes"]) == len(post[0]["captions"]) == model.config.num_proposals
+
+
+def test_cached_tower_features_replace_the_pixels() -> None:
+    model = tiny_model().eval()
+    batch = full_batch(model.config)
+    with torch.no_grad():
+        features = model.model.encode_images(batch["pixel_values"], batch["eva_pixel_values"])
+        reference = model(**batch)
+        pixels = {k: batch.pop(k) for k in ("pixel_values", "eva_pixel_values")}
+        cached = model(**batch, image_embeddings=features.sam, fused_features=features.fused)
+    for name in ("loss", "logits", "pred_masks", "proposal_logits"):
+        assert torch.equal(getattr(cached, name), getattr(reference, name)), name
+    gen_kwargs = {"task_ids": torch.tensor([2, 2]), "max_new_tokens": 5}
+    a = model.generate(**pixels, **gen_kwargs)
+    b = model.generate(image_embeddings=features.sam, fused_features=features.fused, **gen_kwargs)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.masks, b.masks)
+    with pytest.raises(ValueError, match="both image_embeddings and fused_features"):
+        model(**batch, image_embeddings=features.sam)
+    with pytest.raises(ValueError, match=r"fused_features must be \(2, 64, 8, 8\)"):
+        model(**batch, image_embeddings=features.sam, fused_features=features.sam)

@@ -328,6 +328,30 @@ class PixtokModel(PixtokPreTrainedModel):
                 "outside the image, or given in pixels?"
             )
 
+    def cached_features(
+        self, image_embeddings: torch.Tensor | None, fused_features: torch.Tensor | None
+    ) -> VisionFeatures | None:
+        """Tower outputs computed earlier (frozen towers: once per image), or `None` when not given.
+
+        Args:
+            image_embeddings: (B, C, g, g) SAM features (``VisionFeatures.sam``).
+            fused_features: (B, C + D_eva, g, g) fused features (``VisionFeatures.fused``).
+        """
+        if image_embeddings is None and fused_features is None:
+            return None
+        g, c, fused = self.config.grid_size, self.towers.sam_channels, self.towers.fused_channels
+        if image_embeddings is None or fused_features is None:
+            raise ValueError("cached tower features need both image_embeddings and fused_features")
+        if image_embeddings.ndim != 4 or tuple(image_embeddings.shape[1:]) != (c, g, g):
+            raise ValueError(
+                f"image_embeddings must be (B, {c}, {g}, {g}), got {tuple(image_embeddings.shape)}"
+            )
+        if tuple(fused_features.shape) != (image_embeddings.shape[0], fused, g, g):
+            raise ValueError(
+                f"fused_features must be ({image_embeddings.shape[0]}, {fused}, {g}, {g}), got {tuple(fused_features.shape)}"
+            )
+        return VisionFeatures(sam=image_embeddings, fused=fused_features)
+
     def encode_images(self, pixel_values: torch.Tensor, eva_pixel_values: torch.Tensor) -> VisionFeatures:
         """Both towers (without autograd when they are frozen).
 
@@ -493,6 +517,8 @@ class PixtokModel(PixtokPreTrainedModel):
         labels: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         task_ids: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        fused_features: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> PixtokModelOutput:
         """Encode and (when ``labels`` or ``decoder_input_ids`` are given) decode.
@@ -504,6 +530,8 @@ class PixtokModel(PixtokPreTrainedModel):
             decoder_input_ids: (B, T); defaults to ``labels`` shifted right (start id 0).
             labels: (B, T) decoder targets, -100 on padding.
             image_sizes: (B, 2) original (h, w); task_ids: (B,) — accepted, unused here.
+            image_embeddings, fused_features: cached tower outputs (:meth:`encode_images`), used
+                instead of the pixels: (B, C, g, g) and (B, C + D_eva, g, g).
         """
         encoder_outputs, mask, features, prefix = self.encode(
             pixel_values,
@@ -513,6 +541,7 @@ class PixtokModel(PixtokPreTrainedModel):
             prompt_coords,
             prompt_labels,
             image_sizes,
+            features=self.cached_features(image_embeddings, fused_features),
         )
         if decoder_input_ids is None and labels is not None:
             decoder_input_ids = shift_right(labels)
@@ -675,6 +704,8 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
         proposal_mask: torch.Tensor | None = None,
         task_ids: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        fused_features: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> PixtokOutput:
         """Run the model and, for every head whose targets are given, its loss.
@@ -693,6 +724,8 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
             proposal_boxes, proposal_mask: (B, N, 4) xyxy model space, (B, N) bool — proposal head.
             task_ids, image_sizes: accepted for the processor's batches (``image_sizes`` sizes the
                 default prompt).
+            image_embeddings, fused_features: cached tower features instead of the pixels
+                (``model.model.encode_images``; the towers are frozen by default).
 
         Returns:
             :class:`PixtokOutput`.
@@ -708,6 +741,8 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
             decoder_input_ids=decoder_input_ids,
             labels=labels,
             image_sizes=image_sizes,
+            image_embeddings=image_embeddings,
+            fused_features=fused_features,
         )
         logits, states = base.logits, base.decoder_hidden_states
         losses: dict[str, torch.Tensor] = {}
@@ -890,6 +925,8 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
         temperature: float | None = None,
         eos_logit_offset: float | None = None,
         generator: torch.Generator | None = None,
+        image_embeddings: torch.Tensor | None = None,
+        fused_features: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> PixtokGenerateOutput:
         """Generate token sequences (and points, boxes, masks, proposals) for one task per batch.
@@ -907,6 +944,7 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
                 ``input_ids`` decides.
             max_new_tokens, do_sample, top_p, temperature, eos_logit_offset: decoding options.
             generator: RNG for reproducible sampling.
+            image_embeddings, fused_features: cached tower features instead of the pixels.
             **kwargs: training-only keys of a processor batch (``labels``...) are ignored.
 
         Returns:
@@ -924,7 +962,9 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
             temperature=1.0 if temperature is None else temperature,
             eos_logit_offset=0.0 if eos_logit_offset is None else eos_logit_offset,
         ).for_task(task, max_objects=self.config.max_objects)
-        features = self.model.encode_images(pixel_values, eva_pixel_values)
+        features = self.model.cached_features(image_embeddings, fused_features)
+        if features is None:
+            features = self.model.encode_images(pixel_values, eva_pixel_values)
         batch = features.fused.shape[0]
         proposals = proposal_scores = None
         if task == "dense_caption":
