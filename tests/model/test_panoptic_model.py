@@ -229,3 +229,12 @@ def test_loss_decreases_on_two_images(config: PixtokPanopticConfig) -> None:
         opt.step()
     end = probe_loss()
     assert end < 0.5 * start, (start, end)
+
+
+def test_bf16_model_runs_without_autocast(config: PixtokPanopticConfig) -> None:
+    model = PixtokForPanopticSegmentation(config).to(torch.bfloat16)
+    out = model(**_inputs(config), panoptic_ids=_targets(config))
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    gen = model.generate(**_inputs(config), num_steps=2)
+    assert gen.class_ids.shape == (2, 32, 32)

@@ -251,7 +251,7 @@ class PanopticMaskDecoder(nn.Module):
         b, d, g, _ = x.shape
         x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         memory = self.memory_proj(features).flatten(2).transpose(1, 2) + self.pos_embed
-        time = self.time_mlp(timestep_embedding(t, self.config.time_embedding_dim))
+        time = self.time_mlp(timestep_embedding(t, self.config.time_embedding_dim).to(x.dtype))
         for block in self.blocks:
             x = block(x, memory, time)
         y = self.norm(x).transpose(1, 2).reshape(b, d, g, g)
@@ -400,8 +400,13 @@ class PixtokForPanopticSegmentation(PixtokPanopticPreTrainedModel):
         return image_features.float(), image
 
     def _denoise(self, x_t: Tensor, self_cond: Tensor, t: Tensor, features: Tensor, image: Tensor) -> Tensor:
-        """``x_0`` estimate; ``self_cond`` is an ``x_0`` estimate in analog units (scaled to [-1, 1] inside)."""
-        return self.decoder(x_t, self_cond / self.config.bit_scale, t, features, image)
+        """``x_0`` estimate (float32); ``self_cond`` is an ``x_0`` estimate in analog units (scaled to [-1, 1]).
+
+        Inputs are cast to the decoder's dtype, so a model cast to bf16 works without autocast.
+        """
+        dtype = self.decoder.bit_patch.weight.dtype
+        cond = self_cond / self.config.bit_scale
+        return self.decoder(x_t.to(dtype), cond.to(dtype), t, features.to(dtype), image.to(dtype)).float()
 
     # --- training --------------------------------------------------------------------------------
     def forward(
