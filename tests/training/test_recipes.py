@@ -118,3 +118,45 @@ def test_bad_recipe_input_is_a_clear_error_before_training(overrides, message, c
     )
     with pytest.raises((ConfigError, ValueError), match=message):
         prepare(recipe)
+
+
+def test_real_model_resume_ends_with_the_same_weights(tmp_path, cache_dir):
+    """Uninterrupted 4 steps == 2 steps, stop, resume from the step-2 checkpoint to step 4."""
+    from safetensors.torch import load_file
+
+    full = tmp_path / "full"
+    main(
+        _args(
+            "localized_narratives",
+            full,
+            cache_dir,
+            4,
+            "--set",
+            "train.save_every=2",
+            "--set",
+            "train.warmup_steps=1",
+        )
+    )
+    resumed = tmp_path / "resumed"
+    main(
+        _args(
+            "localized_narratives",
+            resumed,
+            cache_dir,
+            4,
+            "--set",
+            "train.save_every=2",
+            "--set",
+            "train.warmup_steps=1",
+            "--resume-from",
+            str(full / "checkpoints" / "checkpoint-2"),
+        )
+    )
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    changed = 0
+    for name in a:
+        assert (a[name] == b[name]).all(), name
+    start = load_file(full / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    changed = sum(int(not (start[n] == a[n]).all()) for n in a if n in start)
+    assert changed > 0  # steps 3-4 really trained
