@@ -35,38 +35,64 @@ from pathlib import Path
 METEOR_JAR_ENV = "PIXTOK_METEOR_JAR"
 """Environment variable naming the METEOR 1.5 jar (``meteor-1.5.jar``) when no path is passed."""
 
-# coco-caption drops these tokens after PTB tokenization.
+# coco-caption drops these tokens after PTB tokenization. Its list spells the bracket escapes in
+# upper case while the tokenizer (run with -lowerCase) writes them in lower case, so brackets
+# survive as "-lrb-" etc.; we reproduce that.
 _PUNCTUATION = frozenset(
-    ["''", "'", "``", "`", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
 )
-_CLITICS = re.compile(r"^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_CLITICS = re.compile(r"^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$", re.IGNORECASE)
 _SPLIT_WHOLE = {
     "cannot": ["can", "not"],
     "gonna": ["gon", "na"],
     "gotta": ["got", "ta"],
     "wanna": ["wan", "na"],
 }
-_ABBREVIATION = re.compile(r"^([a-z]\.){2,}$|^(mr|mrs|ms|dr|st|jr|sr|vs|etc|inc)\.$")
+_LETTER_ABBREVIATION = re.compile(r"^([a-z]\.)+$", re.IGNORECASE)
+_WORD_ABBREVIATION = re.compile(r"^(mr|mrs|ms|dr|st|jr|sr|vs|etc|inc)\.$", re.IGNORECASE)
 _NUMBER = re.compile(r"^[+-]?\d[\d,.]*\d$|^\d$")
 
 
-def _split_punctuation(chunk: str) -> list[str]:
-    """Split one whitespace-free chunk into PTB-like tokens (words, clitics, punctuation)."""
+def _split_punctuation(chunk: str, next_chunk: str) -> list[str]:
+    """Split one whitespace-free chunk into PTB-like tokens (words, clitics, punctuation).
+
+    ``next_chunk`` (the following chunk, or "") decides whether a final period after an
+    abbreviation ends a sentence (the next word is capitalized) or belongs to the abbreviation.
+    """
     # Brackets, quotes and always-separate marks.
     chunk = re.sub(r"([()\[\]{}\"?!;@#$%&])", r" \1 ", chunk)
     chunk = re.sub(r"(``|'')", r" \1 ", chunk)
     chunk = re.sub(r"(\.\.\.|--)", r" \1 ", chunk)
+    chunk = re.sub(r"(?<=\d)'(?=\d)", " ' ", chunk)  # 6'2
     tokens: list[str] = []
-    for piece in chunk.split():
+    pieces = chunk.split()
+    for k, piece in enumerate(pieces):
+        following = pieces[k + 1] if k + 1 < len(pieces) else next_chunk
         # Commas and colons split unless inside a number (1,000  10:30).
-        parts = re.split(r"(?<!\d)([,:])|([,:])(?!\d)", piece)
-        for part in (p for p in parts if p):
-            tokens.extend(_split_word(part))
+        parts = [p for p in re.split(r"(?<!\d)([,:])|([,:])(?!\d)", piece) if p]
+        for j, part in enumerate(parts):
+            tokens.extend(_split_word(part, parts[j + 1] if j + 1 < len(parts) else following))
     return tokens
 
 
-def _split_word(word: str) -> list[str]:
-    if word in {"...", "--", ",", ":"} or len(word) == 1:
+def _keeps_period(word: str, following: str) -> bool:
+    """Whether a word's final period is part of it (abbreviations, initials, numbers)."""
+    if _NUMBER.match(word):
+        return True
+    if _LETTER_ABBREVIATION.match(word):
+        return (
+            len(word) > 2 or not following[:1].isupper()
+        )  # "B. It" ends a sentence; "J. Smith" is ambiguous
+    if _WORD_ABBREVIATION.match(word):
+        return True
+    return word.lower() == "no." and following[:1].isdigit()
+
+
+def _split_word(word: str, following: str) -> list[str]:
+    if word in _BRACKETS:
+        return [_BRACKETS[word]]
+    if word in {"...", "--", ",", ":"} or len(word) == 1 or word.lower() == "'n'":
         return [word]
     out: list[str] = []
     # Leading quotes / apostrophes.
@@ -74,15 +100,14 @@ def _split_word(word: str) -> list[str]:
         out.append(word[0])
         word = word[1:]
     trailing: list[str] = []
-    # A final period leaves the word unless it is an abbreviation or a number.
-    if word.endswith(".") and len(word) > 1 and not _ABBREVIATION.match(word) and not _NUMBER.match(word):
+    if word.endswith(".") and len(word) > 1 and not _keeps_period(word, following):
         trailing.insert(0, ".")
         word = word[:-1]
     if word.endswith("'") and len(word) > 1:  # plural possessive: dogs'
         trailing.insert(0, "'")
         word = word[:-1]
-    if word in _SPLIT_WHOLE:
-        out.extend(_SPLIT_WHOLE[word])
+    if word.lower() in _SPLIT_WHOLE:
+        out.extend(_SPLIT_WHOLE[word.lower()])
     else:
         match = _CLITICS.match(word)
         if match and match.group(1):
@@ -96,16 +121,18 @@ def ptb_tokenize(text: str) -> list[str]:
     """Tokenize a caption as coco-caption does: PTB tokens, lowercased, punctuation dropped.
 
     ``"A man's dog, running."`` → ``["a", "man", "'s", "dog", "running"]``. A pure-Python
-    re-implementation of the Stanford PTBTokenizer's rules that matter for captions (clitics
-    ``n't 's 're 've 'll 'd 'm`` split off, punctuation separated, numbers and abbreviations kept
-    whole, hyphenated words kept whole); brackets are dropped with the other punctuation.
+    re-implementation of the Stanford PTBTokenizer (CoreNLP 3.4.1, ``-preserveLines -lowerCase``)
+    rules that matter for captions: clitics ``n't 's 're 've 'll 'd 'm`` split off, punctuation
+    separated, numbers, initials and abbreviations kept whole, hyphenated words kept whole,
+    brackets written as ``-lrb-`` … (coco-caption keeps those: its punctuation list is upper case).
+    Checked token for token against the real tokenizer in tests/evaluation/test_captions.py.
     """
-    text = text.lower().replace("\u2019", "'").replace("\u201c", '"').replace("\u201d", '"')
+    text = text.replace("\u2019", "'").replace("\u201c", '"').replace("\u201d", '"')
+    chunks = text.split()
     tokens: list[str] = []
-    for chunk in text.split():
-        tokens.extend(_split_punctuation(chunk))
-    brackets = {"(", ")", "[", "]", "{", "}", '"'}
-    return [t for t in tokens if t not in _PUNCTUATION and t not in brackets]
+    for k, chunk in enumerate(chunks):
+        tokens.extend(_split_punctuation(chunk, chunks[k + 1] if k + 1 < len(chunks) else ""))
+    return [t.lower() for t in tokens if t not in _PUNCTUATION and t != '"']
 
 
 def _tokenized(
