@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pixtok.evaluation.dense_captions import evaluate_dense_captions, merge_ground_truth
+from pixtok.evaluation.dense_captions import evaluate_dense_captions, inclusive_box_iou, merge_ground_truth
 
 
 def test_ground_truth_merges_at_iou_0_7():
@@ -31,17 +31,33 @@ def test_perfect_predictions_score_one():
     assert "fallback" in out["similarity"]
 
 
+def test_inclusive_iou_is_densecaps():
+    # pixel-inclusive: [0, 0, 10, 10] has area 11 * 11 = 121; [0, 0, 10, 3.5] has 11 * 4.5 = 49.5
+    np.testing.assert_allclose(
+        inclusive_box_iou([[0, 0, 10, 10]], [[0, 0, 10, 3.5], [20, 20, 30, 30]]), [[49.5 / 121, 0.0]]
+    )
+
+
 def test_loose_box_and_duplicate_count_only_at_low_iou():
     gt = [{"boxes": [[0, 0, 10, 10]], "captions": ["a red apple"]}]
-    # IoU of [0, 0, 10, 4.5] with the GT = 0.45: a hit at IoU thresholds 0.3, 0.4 only;
+    # IoU 49.5 / 121 = 0.41: a hit at IoU thresholds 0.3 and 0.4 only;
     # the second prediction takes the same GT box again: a duplicate, never a hit.
     preds = [
-        {"boxes": [[0, 0, 10, 4.5], [0, 0, 10, 10]], "scores": [0.9, 0.8], "captions": ["a red apple"] * 2}
+        {"boxes": [[0, 0, 10, 3.5], [0, 0, 10, 10]], "scores": [0.9, 0.8], "captions": ["a red apple"] * 2}
     ]
     out = evaluate_dense_captions(preds, gt, use_meteor=False)
     assert out["mAP"] == pytest.approx(2 / 5)
     assert out["ap_per_threshold"]["iou=0.4,meteor=0.25"] == pytest.approx(1.0)
     assert out["ap_per_threshold"]["iou=0.5,meteor=0"] == pytest.approx(0.0)
+
+
+def test_prediction_overlapping_nothing_does_not_take_a_box():
+    gt = [{"boxes": [[0, 0, 10, 10]], "captions": ["a red apple"]}]
+    preds = [
+        {"boxes": [[50, 50, 60, 60], [0, 0, 10, 10]], "scores": [0.9, 0.8], "captions": ["a red apple"] * 2}
+    ]
+    # first: no overlap -> false positive (and the GT box stays free); second: true positive at rank 2
+    assert evaluate_dense_captions(preds, gt, use_meteor=False)["mAP"] == pytest.approx(0.5)
 
 
 def test_caption_similarity_thresholds():

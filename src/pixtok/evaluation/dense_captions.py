@@ -4,14 +4,16 @@ Per image:
 1. Ground-truth boxes overlapping at IoU >= 0.7 are merged: repeatedly the box with the most such
    neighbours takes them as a group; the group becomes one box (the mean of its boxes) whose
    references are all of the group's captions.
-2. Predictions, best score first, are assigned to the merged box of highest IoU; a box already
-   taken makes the later prediction a duplicate (never a true positive).
+2. Predictions, best score first, are assigned to the merged box of highest IoU (none when they
+   overlap no box: a false positive); a box already taken makes the later prediction a duplicate
+   (never a true positive).
 3. Each prediction's caption is scored against its box's references with METEOR.
 Over the whole set, for each IoU threshold {0.3, 0.4, 0.5, 0.6, 0.7} and each METEOR threshold
 {0, 0.05, 0.1, 0.15, 0.2, 0.25}, a prediction is a true positive when IoU >= t_iou, it is not a
 duplicate and METEOR > t_meteor; AP is precision interpolated at 101 recall points
 (max precision at recall >= r, r = 0, 0.01, …, 1); mAP is the mean of the 30 APs. The detection-
-only AP (METEOR threshold -1, i.e. any caption) is reported beside it.
+only AP (METEOR threshold -1, i.e. any caption) is reported beside it. IoU uses DenseCap's
+pixel-inclusive convention (width = x1 - x0 + 1), in merging and in matching.
 
 Caption similarity: METEOR 1.5 through Java when the jar is available
 (:func:`pixtok.evaluation.captions.find_meteor_jar`); otherwise :func:`meteor_exact` (exact unigram
@@ -29,11 +31,24 @@ from typing import Any
 import numpy as np
 
 from .captions import MeteorScorer, find_meteor_jar, meteor_exact, ptb_tokenize
-from .referring import pairwise_box_iou
 
 IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 METEOR_THRESHOLDS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
 MERGE_IOU = 0.7
+
+
+def inclusive_box_iou(boxes_a: Any, boxes_b: Any) -> np.ndarray:
+    """Pairwise IoU (N, M) of xyxy pixel boxes with DenseCap's pixel-inclusive areas ((x1 - x0 + 1) × …)."""
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1
+    overlap = (iw > 0) & (ih > 0)
+    inter = np.where(overlap, iw * ih, 0.0)
+    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(overlap, inter / np.where(overlap, union, 1.0), 0.0)
 
 
 def merge_ground_truth(
@@ -52,7 +67,7 @@ def merge_ground_truth(
     boxes_a = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if len(boxes_a) != len(captions):
         raise ValueError(f"{len(boxes_a)} ground-truth boxes but {len(captions)} captions")
-    close = pairwise_box_iou(boxes_a, boxes_a) >= threshold
+    close = inclusive_box_iou(boxes_a, boxes_a) >= threshold
     remaining = np.ones(len(boxes_a), dtype=bool)
     merged, references = [], []
     while remaining.any():
@@ -120,10 +135,10 @@ def evaluate_dense_captions(
                 f"image {i}: {len(boxes)} boxes, {len(scores)} scores, {len(captions)} captions; "
                 "expected one of each per region"
             )
-        ious = pairwise_box_iou(boxes, gt_boxes) if len(gt_boxes) else np.zeros((len(boxes), 0))
+        ious = inclusive_box_iou(boxes, gt_boxes) if len(gt_boxes) else np.zeros((len(boxes), 0))
         taken = np.zeros(len(gt_boxes), dtype=bool)
         for d in np.argsort(-scores, kind="stable"):
-            if len(gt_boxes) == 0:
+            if len(gt_boxes) == 0 or ious[d].max() <= 0:  # overlaps nothing: a false positive
                 records.append(_Record(float(scores[d]), 0.0, False, captions[d], None))
                 continue
             j = int(np.argmax(ious[d]))
@@ -192,5 +207,6 @@ __all__ = [
     "MERGE_IOU",
     "METEOR_THRESHOLDS",
     "evaluate_dense_captions",
+    "inclusive_box_iou",
     "merge_ground_truth",
 ]
