@@ -282,3 +282,17 @@ def test_prediction_to_json_handles_nan_points_and_category_ids():
     assert det == [
         {"image_id": 42, "category_id": 17, "bbox": [0.0, 0.0, 2.0, 3.0], "score": 0.5, "label": "cat"}
     ]
+
+
+def test_predict_from_a_saved_folder_matches_the_preset_model(tmp_path, cached_models):
+    loaded = cli.load_model("tiny")
+    folder = tmp_path / "model"
+    loaded.model.save_pretrained(folder)
+    loaded.processor.save_pretrained(folder)
+    argv = ["--task", "detection", IMAGE, "--max-new-tokens", "10"]
+    assert cli.main(["predict", "--model", "tiny", *argv, "--out", str(tmp_path / "a")]) == 0
+    assert cli.main(["predict", "--model", str(folder), *argv, "--out", str(tmp_path / "b")]) == 0
+    same = [json.loads((tmp_path / d / "000000229378.json").read_text()) for d in ("a", "b")]
+    assert same[0] == same[1]  # same weights, same seed: same detections
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["predict", "--model", str(tmp_path / "empty"), *argv, "--out", str(tmp_path / "c")]) == 2

@@ -114,12 +114,23 @@ def load_model(spec: str, device: str = "cpu", seed: int = 0) -> LoadedModel:
 
 
 def _processor_for(path: Path, model: Any, kind: str) -> Any:
+    """The folder's saved processor; for a panoptic folder without one, the processor of the pixtok
+    preset whose tower input sizes match the model's (panoptic only needs the image geometry)."""
+    from pixtok.model.configuration_pixtok import PixtokConfig
+    from pixtok.model.presets import PRESETS
     from pixtok.model.processing_pixtok import PixtokProcessor
 
     if (path / "processor_config.json").is_file() or kind == "pixtok":
         return PixtokProcessor.from_pretrained(path)
-    preset = getattr(model.config, "preset", None) or "tiny"
-    return PixtokProcessor.from_preset(preset)
+    sizes = (model.config.vision_config.image_size, model.config.eva_config.img_size)
+    for name in PRESETS:
+        config = PixtokConfig.from_preset(name)
+        if (config.vision_config.image_size, config.eva_config.img_size) == sizes:
+            return PixtokProcessor.from_config(config)
+    raise CliError(
+        f"panoptic model folder {path} has no processor_config.json and no preset has its input sizes "
+        f"{sizes}; save the processor into the folder (processor.save_pretrained)"
+    )
 
 
 def _id2label(config: Any) -> dict[int, str]:
