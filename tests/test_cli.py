@@ -296,3 +296,17 @@ def test_predict_from_a_saved_folder_matches_the_preset_model(tmp_path, cached_m
     assert same[0] == same[1]  # same weights, same seed: same detections
     (tmp_path / "empty").mkdir()
     assert cli.main(["predict", "--model", str(tmp_path / "empty"), *argv, "--out", str(tmp_path / "c")]) == 2
+
+
+def test_open_vocabulary_detections_keep_their_names():
+    pred = {"boxes": [[1, 2, 3, 4]], "scores": [0.7], "labels": [-1], "names": ["zebra crossing"]}
+    det = cli.prediction_to_json("detection", pred, "7", {0: "cat"}, [5])
+    assert det == [
+        {
+            "image_id": 7,
+            "category_id": -1,
+            "bbox": [1.0, 2.0, 2.0, 2.0],
+            "score": 0.7,
+            "label": "zebra crossing",
+        }
+    ]

@@ -81,3 +81,9 @@ def test_attention_grid_and_render_dispatch(tmp_path):
     assert Image.open(path).format == "PNG"
     with pytest.raises(ValueError, match="no drawing for task"):
         V.render("segmentation!", _grey(), {})
+
+
+def test_open_vocabulary_names_are_drawn():
+    pred = {"boxes": [[20.0, 60.0, 100.0, 110.0]], "scores": [0.9], "labels": [-1], "names": ["zebra"]}
+    out = np.asarray(V.draw_detections(_grey(), pred))
+    assert tuple(out[85, 20]) == (255, 255, 255)  # unknown label: white box

@@ -279,23 +279,38 @@ def prediction_to_json(
 
     Detection: the COCO results format (``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``
     plus ``"label"`` names); ``category_id`` is ``category_ids[label]`` when given (a COCO
-    annotation file's categories in label order), else the label id. Referring masks and panoptic maps
+    annotation file's categories in label order), else the label id (-1: an open-vocabulary name
+    outside the class list). Referring masks and panoptic maps
     are run-length encoded (COCO RLE); other tasks keep their dict with arrays as lists.
     """
-    from pixtok.evaluation.coco import encode_mask, to_coco_results
+    from pixtok.evaluation.coco import encode_mask
 
     if task == "detection":
-        labels = _plain(prediction.get("labels", []))
-        ids = list(category_ids) if category_ids is not None else list(range(max([-1, *labels]) + 1))
+        boxes = np.asarray(_plain(prediction.get("boxes", [])), dtype=np.float64).reshape(-1, 4)
+        scores = _plain(prediction.get("scores", [1.0] * len(boxes)))
+        labels = [int(v) for v in _plain(prediction.get("labels", [-1] * len(boxes)))]
+        names = prediction.get("names")  # open vocabulary: the generated class text
         try:
             image_key: Any = int(image_id)
         except (TypeError, ValueError):
             image_key = str(image_id)
-        results = to_coco_results(prediction, 0, ids)
-        for r, label in zip(results, labels):
-            r["image_id"] = image_key
-            if id2label:
-                r["label"] = id2label.get(int(label), str(label))
+        results = []
+        for k, ((x0, y0, x1, y1), score, label) in enumerate(zip(boxes.tolist(), scores, labels)):
+            if category_ids is not None:
+                category = int(category_ids[label]) if 0 <= label < len(category_ids) else -1
+            else:
+                category = label
+            result = {
+                "image_id": image_key,
+                "category_id": category,
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": float(score),
+            }
+            if names is not None:
+                result["label"] = str(names[k])
+            elif id2label:
+                result["label"] = id2label.get(label, str(label))
+            results.append(result)
         return results
     out: dict[str, Any] = {"image_id": str(image_id)}
     for key, value in prediction.items():

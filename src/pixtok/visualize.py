@@ -149,7 +149,8 @@ def draw_detections(
         x0, y0, x1, y1 = boxes[i].tolist()
         draw.rectangle((x0, y0, x1, y1), outline=_darker(colour, 0.35), width=width + 2)
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
-        name = _class_name(id2label, int(labels[i]))
+        names = prediction.get("names")  # open vocabulary: the generated class text
+        name = str(names[i]) if names is not None else _class_name(id2label, int(labels[i]))
         _label_box(draw, (x0, y0), f"{name} {scores[i]:.2f}", colour, font, canvas.size)
     return canvas
 
