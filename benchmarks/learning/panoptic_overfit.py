@@ -134,7 +134,7 @@ def build_config(args: argparse.Namespace) -> PixtokPanopticConfig:
         id2label=dict(enumerate(LABELS)),
         thing_label_ids=THING_LABELS,
         class_bits=4,
-        instance_bits=3,
+        instance_bits=args.instance_bits,
         mask_size=args.mask_size,
         freeze_towers=not args.train_towers,
         num_sampling_steps=args.sample_steps,
@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--mask-size", type=int, default=128, help="below --image-size, PQ is capped (printed)"
     )
     parser.add_argument("--steps", type=int, default=16000)
+    parser.add_argument(
+        "--instance-bits",
+        type=int,
+        default=8,
+        help="ids drawn at random per object: few bits -> two objects of an image may pick the same id",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=128, help="decoder hidden size")
     parser.add_argument("--layers", type=int, default=4, help="decoder transformer blocks")
@@ -331,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
         "train_steps": args.steps,
         "final_loss": last_loss,
         "mask_size": config.mask_size,
+        "class_bits": config.class_bits,
+        "instance_bits": config.instance_bits,
         "decoder": {"width": args.width, "layers": args.layers},
         "train_towers": args.train_towers,
         "skip_noisy_bits": args.skip_noisy_bits,
