@@ -310,3 +310,18 @@ def test_open_vocabulary_detections_keep_their_names():
             "label": "zebra crossing",
         }
     ]
+
+
+def test_help_imports_no_model_code():
+    """`pixtok --help` loads no model, data or evaluation code beyond what `import pixtok` does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pixtok; before = set(sys.modules); "
+        "from pixtok.cli import build_parser; build_parser(['--help']); "
+        "new = set(sys.modules) - before; "
+        "print(sorted(m for m in new if m.startswith(('pixtok.model.modeling', 'pixtok.data', 'pixtok.evaluation', 'datasets', 'evaluate'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

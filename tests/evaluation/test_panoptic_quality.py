@@ -117,3 +117,12 @@ def test_rgb_ids_round_trip_and_bad_input():
         evaluate_panoptic([{"segmentation": np.zeros((3, 3)), "segments_info": []}], [gt], CATEGORIES)
     with pytest.raises(FileNotFoundError):
         load_coco_panoptic("/nonexistent.json", SAMPLE)
+
+
+def test_label_outside_the_categories_is_a_clear_error():
+    gt = _halves()
+    segs = [{"id": 1, "label_id": 0}, {"id": 2, "label_id": 7}]
+    with pytest.raises(ValueError, match="label_id 7 outside the 2 known categories"):
+        evaluate_panoptic(
+            [{"segmentation": gt["segmentation"], "segments_info": segs}], [gt], CATEGORIES, [1, 2]
+        )

@@ -213,7 +213,12 @@ def pixtok_segments(
         elif "label_id" in s:
             if label_to_category is None:
                 raise ValueError("segments carry 'label_id'; pass label_to_category to map them to COCO ids")
-            category = int(label_to_category[int(s["label_id"])])
+            label = int(s["label_id"])
+            if not 0 <= label < len(label_to_category):
+                raise ValueError(
+                    f"segment {s['id']} has label_id {label} outside the {len(label_to_category)} known categories"
+                )
+            category = int(label_to_category[label])
         else:
             raise ValueError(f"segment {s} has neither 'category_id' nor 'label_id'")
         segments.append({"id": int(s["id"]), "category_id": category})
