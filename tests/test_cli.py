@@ -325,3 +325,17 @@ def test_help_imports_no_model_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_trace_gives_one_point_per_given_word():
+    loaded = cli.load_model("tiny")
+    predictor = cli.ModelPredictor(loaded)
+    image = Image.open(IMAGE).convert("RGB")
+    words = ["a", "bed", "with", "supercalifragilistic", "pillows"]  # one word of many pieces
+    (points,) = predictor.trace([image], [words])
+    assert points.shape == (5, 2) and np.isfinite(points).all()
+    assert (
+        (points >= 0).all() and (points[:, 0] <= image.width).all() and (points[:, 1] <= image.height).all()
+    )
+    # the same caption again: teacher forcing is deterministic
+    np.testing.assert_allclose(predictor.trace([image], [words])[0], points)

@@ -87,8 +87,6 @@ def load_model(spec: str, device: str = "cpu", seed: int = 0) -> LoadedModel:
     Raises:
         CliError: ``spec`` is neither an existing folder nor a known preset.
     """
-    import torch
-
     path = Path(spec)
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -109,7 +107,6 @@ def load_model(spec: str, device: str = "cpu", seed: int = 0) -> LoadedModel:
     else:
         loaded = _from_preset(spec, seed)
     loaded.model.to(device).eval()
-    torch.manual_seed(seed)
     return loaded
 
 
@@ -208,7 +205,16 @@ class ModelPredictor:
             boxes=boxes if any(b is not None for b in boxes) else None,
             points=points if any(p is not None for p in points) else None,
         )
-        return batch.to(self._device())
+        return self._on_model(batch)
+
+    def _on_model(self, batch: Any) -> Any:
+        """Move a processor batch to the model's device; images in the model's dtype (bf16/fp16)."""
+        batch = batch.to(self._device())
+        dtype = getattr(self.loaded.model, "dtype", None)
+        for key in ("pixel_values", "eva_pixel_values"):
+            if dtype is not None and key in batch and batch[key].dtype != dtype:
+                batch[key] = batch[key].to(dtype)
+        return batch
 
     def predict(self, task: str, images: Sequence[Any], prompts: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Post-processed outputs, one per image (``post_process_*`` formats, pixels)."""
@@ -251,7 +257,8 @@ class ModelPredictor:
             )
             batch = self.loaded.processor(
                 images=[image], task="caption", targets=[{"words": word_list, "points": tags}]
-            ).to(self._device())
+            )
+            batch = self._on_model(batch)
             with torch.no_grad():
                 out = self.loaded.model(**batch)
             scale = float(max(h, w))
