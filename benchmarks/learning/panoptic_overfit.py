@@ -11,7 +11,7 @@ resolution (the ceiling the model can reach at this ``--mask-size``).
 
 Usage (GPU; the issue's target is PQ >= 0.9)::
 
-    python benchmarks/learning/panoptic_overfit.py --device cuda            # 16k steps, ~5 min on an H200
+    python benchmarks/learning/panoptic_overfit.py --device cuda            # 24k steps, ~8 min on an H200
     python benchmarks/learning/panoptic_overfit.py --device cpu --steps 20 --num-images 2   # smoke
 
 Writes the final figures as JSON to ``--out`` when given.
@@ -158,12 +158,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--mask-size", type=int, default=128, help="below --image-size, PQ is capped (printed)"
     )
-    parser.add_argument("--steps", type=int, default=16000)
+    parser.add_argument("--steps", type=int, default=24000)
     parser.add_argument(
         "--instance-bits",
         type=int,
-        default=8,
-        help="ids drawn at random per object: few bits -> two objects of an image may pick the same id",
+        default=3,
+        help="instance id bits; 3 beat 8 here (8: loss 0.084 vs 0.021 after 16k steps, things PQ 0.25 vs 0.76)",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=128, help="decoder hidden size")
