@@ -379,3 +379,19 @@ def test_bf16_prompt_encoding_keeps_pixel_precision():
     assert sparse.dtype == torch.bfloat16 and low.image_pe().dtype == torch.bfloat16
     assert (sparse.float() - reference).abs().max() < 0.08
     assert (low.image_pe().float() - encoder.image_pe()).abs().max() < 0.08
+
+
+def test_fresh_pixtok_model_has_a_live_sam_branch():
+    """SamVisionConfig's own default init (std 1e-10) would make a from-scratch SAM tower output ~0."""
+    import torch
+
+    from pixtok.model.configuration_pixtok import PixtokConfig
+    from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+
+    config = PixtokConfig.from_preset("tiny")
+    assert config.vision_config.initializer_range == 0.02
+    model = PixtokForConditionalGeneration(config).eval()
+    size = config.vision_config.image_size
+    with torch.no_grad():
+        features = model.model.towers.sam(torch.randn(2, 3, size, size))
+    assert features.std() > 1e-2

@@ -236,6 +236,10 @@ class PixtokConfig(PretrainedConfig):
         tokenizer_name_or_path: str = "google-t5/t5-small",
         **kwargs: Any,
     ) -> None:
+        if not isinstance(vision_config, SamVisionConfig):
+            # transformers' SamVisionConfig initialises weights at std 1e-10 (it expects released
+            # weights): a SAM tower trained from scratch would output ~0. Use the usual 0.02.
+            vision_config = {"initializer_range": 0.02, **(vision_config or {})}
         self.vision_config = _as_config(vision_config, SamVisionConfig)
         self.eva_config = _as_config(eva_config, PixtokEva02Config)
         self.extractor_config = _as_config(extractor_config, PixtokPromptExtractorConfig)
