@@ -219,7 +219,7 @@ def run_gpu(args: argparse.Namespace) -> None:
         )
         print(f"[decode] {size} bf16: greedy agreement {frac:.4f} (first divergence {first}), "
               f"teacher-forced logits rel err {metrics[f'{size}_bf16_teacher_forced_logits_rel_err']:.2e}", flush=True)  # fmt: skip
-        if size == "base" or dry:
+        if size in ("base", "tiny"):
             model32 = copy.deepcopy(model).float()
             engine32 = StaticT5Decoder(model32, 1, TOKENS, ENCODER_LENGTH, torch.float32, device)
             enc32 = enc.float()
@@ -233,6 +233,22 @@ def run_gpu(args: argparse.Namespace) -> None:
             metrics[f"{size}_fp32_teacher_forced_logits_rel_err"] = err32
             print(f"[decode] {size} fp32: greedy agreement {frac32:.4f} (first divergence {first32}), "
                   f"logits rel err {err32:.2e}", flush=True)  # fmt: skip
+            if not dry:
+                try:
+                    tri32 = StaticT5Decoder(
+                        model32, 1, TOKENS, ENCODER_LENGTH, torch.float32, device, kernels="triton"
+                    )
+                    fast_tri = engine_generate(tri32, rows, enc32, mask)
+                    frac_t, first_t = agreement(fast_tri, ref32)
+                    metrics[f"{size}_fp32_triton_greedy_token_agreement"] = round(frac_t, 4)
+                    metrics[f"{size}_fp32_triton_first_divergence"] = first_t
+                    err_t = teacher_forced_rel_err(model32, tri32, enc32, mask, fast_tri)
+                    metrics[f"{size}_fp32_triton_teacher_forced_logits_rel_err"] = err_t
+                    print(f"[decode] {size} fp32 triton: greedy agreement {frac_t:.4f} (first divergence "
+                          f"{first_t}), logits rel err {err_t:.2e}", flush=True)  # fmt: skip
+                    del tri32
+                except Exception as exc:
+                    print(f"[decode] {size} fp32 triton check FAILED: {exc!r}"[:600], flush=True)
             del model32, engine32
         # --- bound ---
         nbytes = step_bytes(engine, rows)
@@ -262,12 +278,17 @@ def run_gpu(args: argparse.Namespace) -> None:
         # --- timing: engine variants ---
         best = float("inf")
         for name, kwargs in [
+            ("engine triton + CUDA graph", dict(kernels="triton")),
             ("engine sdpa + CUDA graph", dict(attention="sdpa")),
             ("engine bmm + CUDA graph", dict(attention="bmm")),
             ("engine sdpa compiled + CUDA graph", dict(attention="sdpa", compile_layers=True)),
             ("engine sdpa eager (no graph)", dict(attention="sdpa", use_cuda_graph=False)),
         ]:
-            if "compiled" in name and time.time() - started > args.compile_deadline_s:
+            if dry and "triton" in name:
+                continue
+            if "compiled" in name and (
+                not args.with_compile or time.time() - started > args.compile_deadline_s
+            ):
                 print(f"[decode] {size} {name}: skipped (past --compile-deadline-s)", flush=True)
                 continue
             if dry and "graph" in name and "no graph" not in name:
@@ -287,6 +308,12 @@ def run_gpu(args: argparse.Namespace) -> None:
             metrics[f"{size}_{key}_spread"] = round(spread(times), 3)
             if not eager:
                 best = min(best, ms)
+            if "triton" in name:  # the fused kernels against stock, bf16, teacher-forced
+                err = teacher_forced_rel_err(
+                    model, engine, enc, mask, engine_generate(engine, rows, enc, mask)
+                )
+                metrics[f"{size}_bf16_triton_teacher_forced_logits_rel_err"] = err
+                print(f"[decode] {size} triton bf16 teacher-forced logits rel err {err:.2e}", flush=True)
             table.append((size, name, ms, stock / ms))
             print(f"[decode] {size} {name}: {ms:.4f} ms/token ({stock / ms:.1f}x stock)", flush=True)
             if size in ("base", "tiny") and name.startswith("engine sdpa + CUDA"):
