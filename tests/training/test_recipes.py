@@ -160,3 +160,24 @@ def test_real_model_resume_ends_with_the_same_weights(tmp_path, cache_dir):
     start = load_file(full / "checkpoints" / "checkpoint-2" / "model.safetensors")
     changed = sum(int(not (start[n] == a[n]).all()) for n in a if n in start)
     assert changed > 0  # steps 3-4 really trained
+
+
+def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, cache_dir, monkeypatch):
+    """Offline: HfApi is replaced by a recorder; what would be uploaded is checked."""
+    calls = {}
+
+    class RecordingApi:
+        def create_repo(self, repo_id, exist_ok=False):
+            calls["repo"] = repo_id
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns, commit_message):
+            calls.update(folder=folder_path, ignore=ignore_patterns)
+            return "uploaded"
+
+    monkeypatch.setattr("huggingface_hub.HfApi", RecordingApi)
+    out = tmp_path / "pushed"
+    main(_args("localized_narratives", out, cache_dir, 1, "--push-to-hub", "me/pixtok-demo"))
+    assert calls["repo"] == "me/pixtok-demo" and calls["folder"] == str(out)
+    assert "checkpoints/*" in calls["ignore"]
+    card = (out / "README.md").read_text()
+    assert "me/pixtok-demo" in card and "trace_l1" in card and "max_steps: 1" in card
