@@ -289,7 +289,10 @@ def run_gpu(args: argparse.Namespace) -> None:
             if "compiled" in name and (
                 not args.with_compile or time.time() - started > args.compile_deadline_s
             ):
-                print(f"[decode] {size} {name}: skipped (past --compile-deadline-s)", flush=True)
+                print(
+                    f"[decode] {size} {name}: skipped (no --with-compile, or past --compile-deadline-s)",
+                    flush=True,
+                )
                 continue
             if dry and "graph" in name and "no graph" not in name:
                 kwargs = {**kwargs, "use_cuda_graph": False}
@@ -420,6 +423,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed engine runs (median reported)")
     parser.add_argument("--stock-repeats", type=int, default=3, help="timed stock generate runs")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (--cpu)")
+    parser.add_argument("--with-compile", action="store_true", help="also time the torch.compile variant")
     parser.add_argument(
         "--compile-deadline-s", type=float, default=150.0, help="no compiled variant after this"
     )
