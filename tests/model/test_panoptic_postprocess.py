@@ -251,3 +251,21 @@ def test_real_sample_via_loader_scores_pq_one() -> None:
         low += post_process_panoptic_segmentation(out, target_sizes=[(row["height"], row["width"])])
     coarse = evaluate_panoptic(low, gts, categories, label_to_category=label_to_category)["PQ"]
     assert 0.3 < coarse < 1.0
+    # the recipe's one-call target: packed ids that unpack to the same maps
+    from pixtok.model.bit_diffusion import PanopticBitCodec
+    from pixtok.model.configuration_pixtok_panoptic import PixtokPanopticConfig
+    from pixtok.model.panoptic_postprocess import panoptic_target_from_row
+
+    names = {i: str(i) for i in range(len(label_to_category))}
+    config = PixtokPanopticConfig.from_preset(
+        "tiny", id2label=names, thing_label_ids=things, class_bits=8, instance_bits=8
+    )
+    ids, rep = panoptic_target_from_row(rows[0], config)
+    assert ids.shape == (32, 32) and rep.num_problems == 0
+    cls, ins, _ = panoptic_maps_from_row(rows[0], max_instance_id=255, mask_size=32)
+    assert torch.equal(PanopticBitCodec(8, 8).unpack(ids)[0], cls) and torch.equal(
+        PanopticBitCodec(8, 8).unpack(ids)[1], ins
+    )
+    small = PixtokPanopticConfig.from_preset("tiny", class_bits=8, instance_bits=8)  # 3 labels only
+    with pytest.raises(ValueError, match="outside the config's 3 labels"):
+        panoptic_target_from_row(rows[0], small)

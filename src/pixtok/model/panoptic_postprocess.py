@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bit_diffusion import PanopticBitCodec
+
 VOID = 0
 """Class value (and segment id) of unlabelled pixels."""
 
@@ -324,6 +326,33 @@ def panoptic_maps_from_row(
     )
 
 
+def panoptic_target_from_row(
+    row: Mapping[str, Any], config: Any
+) -> tuple[torch.Tensor, PanopticTargetReport]:
+    """A coco_panoptic row -> the ``panoptic_ids`` training target of one image (what a recipe collates).
+
+    Args:
+        row: a ``pixtok.data.load("coco_panoptic", ...)`` row (see :func:`panoptic_maps_from_row`).
+        config: a :class:`~.configuration_pixtok_panoptic.PixtokPanopticConfig` (``class_bits``,
+            ``instance_bits``, ``bit_scale``, ``mask_size``, ``id2label``).
+
+    Returns:
+        ``panoptic_ids`` (mask_size, mask_size) long, packed ``class_value * 2**instance_bits +
+        instance_id`` in the padded-square frame, and the report of repairs.
+
+    Raises:
+        ValueError: a segment's label is outside ``config.id2label``.
+    """
+    codec = PanopticBitCodec(config.class_bits, config.instance_bits, config.bit_scale)
+    cls, ins, report = panoptic_maps_from_row(row, codec.max_instance_id, config.mask_size)
+    if cls.numel() and int(cls.max()) > len(config.id2label):
+        raise ValueError(
+            f"image {row.get('image_id', '')!r}: label {int(cls.max()) - 1} is outside the config's "
+            f"{len(config.id2label)} labels (id2label must match the dataset's categories)"
+        )
+    return codec.pack(cls, ins), report
+
+
 def panoptic_maps_from_masks(
     masks: torch.Tensor | np.ndarray,
     labels: Sequence[int],
@@ -497,6 +526,7 @@ __all__ = [
     "panoptic_maps_from_coco",
     "panoptic_maps_from_masks",
     "panoptic_maps_from_row",
+    "panoptic_target_from_row",
     "panoptic_maps_from_segments",
     "post_process_panoptic_segmentation",
     "resize_label_map",
