@@ -284,7 +284,7 @@ def run_gpu(args: argparse.Namespace) -> None:
             ("engine sdpa compiled + CUDA graph", dict(attention="sdpa", compile_layers=True)),
             ("engine sdpa eager (no graph)", dict(attention="sdpa", use_cuda_graph=False)),
         ]:
-            if dry and "triton" in name:
+            if (dry and "triton" in name) or not any(v in name for v in args.variants.split(",")):
                 continue
             if "compiled" in name and (
                 not args.with_compile or time.time() - started > args.compile_deadline_s
@@ -423,6 +423,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed engine runs (median reported)")
     parser.add_argument("--stock-repeats", type=int, default=3, help="timed stock generate runs")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (--cpu)")
+    parser.add_argument(
+        "--variants",
+        default="triton,sdpa,bmm,compiled",
+        help="engine variants to time (substrings of their names)",
+    )
     parser.add_argument("--with-compile", action="store_true", help="also time the torch.compile variant")
     parser.add_argument(
         "--compile-deadline-s", type=float, default=150.0, help="no compiled variant after this"
