@@ -51,8 +51,6 @@ from .bit_diffusion import (
     randomize_instance_ids,
 )
 from .configuration_pixtok_panoptic import PixtokPanopticConfig, PixtokPanopticDecoderConfig
-from .eva02 import Eva02Encoder
-from .sam import SamImageEncoder
 from .towers import DualTower
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -327,31 +325,19 @@ class PixtokForPanopticSegmentation(PixtokPanopticPreTrainedModel):
 
         transformers builds the model on the meta device and fills it from the checkpoint; buffers
         registered ``persistent=False`` (timm EVA02's rotary tables) are not in the checkpoint and
-        would stay uninitialized. They are deterministic functions of the config, so they are
-        copied from a freshly built tower.
+        would stay uninitialized; they are recomputed from the config
+        (:meth:`restore_non_persistent_buffers`).
         """
         model = super().from_pretrained(*args, **kwargs)
         model.restore_non_persistent_buffers()
         return model
 
     def restore_non_persistent_buffers(self) -> None:
-        """Recompute the towers' non-persistent buffers from a fresh CPU build of the owning tower."""
-        for prefix, build in (
-            ("sam", lambda: SamImageEncoder(self.config.vision_config)),
-            ("eva", lambda: Eva02Encoder(self.config.eva_config)),
-        ):
-            tower = getattr(self.towers, prefix)
-            persistent = set(tower.state_dict())
-            names = [n for n, _ in tower.named_buffers() if n not in persistent]
-            if not names:
-                continue
-            with torch.device("cpu"):
-                fresh = dict(build().named_buffers())
-            for name in names:
-                owner_name, _, leaf = name.rpartition(".")
-                owner = tower.get_submodule(owner_name) if owner_name else tower
-                current = getattr(owner, leaf)
-                setattr(owner, leaf, fresh[name].to(device=current.device, dtype=current.dtype))
+        """Recompute buffers that checkpoints do not hold, through each module's own
+        ``reset_non_persistent_buffers`` (the EVA02 tower's rotary tables)."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_non_persistent_buffers"):
+                module.reset_non_persistent_buffers()
 
     # --- conditioning ----------------------------------------------------------------------------
     def train(self, mode: bool = True) -> PixtokForPanopticSegmentation:
