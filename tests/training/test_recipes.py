@@ -24,6 +24,7 @@ MAIN_METRIC = {
     "referring": "precision@0.5",
     "region_caption": "CIDEr-D",
     "dense_caption": "mAP",
+    "panoptic": "PQ",
 }
 
 
@@ -66,9 +67,16 @@ def test_recipe_runs_and_leaves_model_metrics_picture_card(name, tmp_path, cache
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     card = (out / "README.md").read_text()
     assert "Validation metrics" in card and MAIN_METRIC[next(iter(metrics["val"]))] in card
-    from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+    from transformers import AutoConfig
 
-    PixtokForConditionalGeneration.from_pretrained(out)  # loadable by from_pretrained
+    import pixtok
+
+    model_class = (
+        pixtok.PixtokForPanopticSegmentation
+        if AutoConfig.from_pretrained(out).model_type == "pixtok_panoptic"
+        else pixtok.PixtokForConditionalGeneration
+    )
+    model_class.from_pretrained(out)  # loadable by from_pretrained
 
 
 def test_recipe_script_runs_as_a_file(tmp_path, cache_dir, monkeypatch):
@@ -110,6 +118,7 @@ def test_resume_from_another_preset_fails_before_training(tmp_path, cache_dir):
             "not found",
         ),
         ({"data.source": "coco"}, "data.paths is empty"),
+        ({"tasks": {"caption": {}, "panoptic": {}}}, "cannot share a recipe"),
     ],
 )
 def test_bad_recipe_input_is_a_clear_error_before_training(overrides, message, cache_dir):

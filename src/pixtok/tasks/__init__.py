@@ -9,6 +9,7 @@ from .base import Example, Task
 from .caption import CaptionTask
 from .dense_caption import DenseCaptionTask
 from .detection import DetectionTask
+from .panoptic import PanopticProcessor, PanopticTask
 from .referring import ReferringTask
 from .region_caption import RegionCaptionTask
 
@@ -18,6 +19,7 @@ TASK_CLASSES: dict[str, type[Task]] = {
     "referring": ReferringTask,
     "region_caption": RegionCaptionTask,
     "dense_caption": DenseCaptionTask,
+    "panoptic": PanopticTask,
 }
 
 
@@ -30,4 +32,4 @@ def build_task(name: str, **options: Any) -> Task:
     return cls(**options)
 
 
-__all__ = ["TASK_CLASSES", "Example", "Task", "build_task"]
+__all__ = ["TASK_CLASSES", "Example", "PanopticProcessor", "Task", "build_task"]

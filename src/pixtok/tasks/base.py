@@ -66,10 +66,16 @@ class Task(ABC):
     needs_class_names: ClassVar[bool] = False
     """Whether the model's ``id2label`` must come from this task's dataset (closed-set classes)."""
 
+    model_family: ClassVar[str] = "pixtok"
+    """Which model trains it: ``pixtok`` (the sequence model) or ``panoptic`` (Pix2Seq-D)."""
+
     def __init__(self, augment: bool = False, image_size: int | None = None, **options: Any) -> None:
         self.augment = augment
         self.image_size = image_size
         self.options = options
+
+    def bind(self, model_config: Any) -> None:  # noqa: B027 - an optional hook, no-op by default
+        """Called once the model exists, for tasks whose examples depend on its config."""
 
     # --- data ------------------------------------------------------------------------------------
     def items(self, dataset: Any) -> list[tuple[int, int]]:

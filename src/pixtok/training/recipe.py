@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,33 @@ def get_datasets(recipe: RecipeConfig, task_name: str, options: dict[str, Any]) 
 
 
 # --- model ---------------------------------------------------------------------------------------
+def build_panoptic_model(
+    recipe: RecipeConfig, class_names: list[str] | None, things: list[int]
+) -> tuple[Any, Any]:
+    """The Pix2Seq-D sibling and its :class:`~pixtok.tasks.panoptic.PanopticProcessor`."""
+    from ..model.configuration_pixtok_panoptic import PixtokPanopticConfig
+    from ..model.modeling_pixtok_panoptic import PixtokForPanopticSegmentation
+    from ..tasks.panoptic import PanopticProcessor
+
+    spec = recipe.model
+    if Path(spec.preset).is_dir():
+        model = PixtokForPanopticSegmentation.from_pretrained(spec.preset)
+        return model, PanopticProcessor(model.config)
+    overrides = dict(spec.overrides)
+    if class_names:
+        overrides.setdefault("id2label", dict(enumerate(class_names)))
+        overrides.setdefault("thing_label_ids", things)
+    try:
+        needed = max(1, math.ceil(math.log2(len(class_names or []) + 1)))  # class value 0 is void
+        if "class_bits" not in overrides:
+            preset_bits = PixtokPanopticConfig.from_preset(spec.preset).class_bits
+            overrides["class_bits"] = max(preset_bits, needed)
+        config = PixtokPanopticConfig.from_preset(spec.preset, **overrides)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model: {err}") from err
+    return PixtokForPanopticSegmentation(config), PanopticProcessor(config)
+
+
 def build_model(recipe: RecipeConfig, class_names: list[str] | None) -> tuple[Any, Any]:
     """The model and its processor: a preset (random init or real backbones) or a saved folder."""
     from ..model.configuration_pixtok import PixtokConfig
@@ -116,19 +144,30 @@ def prepare(recipe: RecipeConfig) -> tuple[Any, Any, list[TaskData]]:
     with state.main_process_first():
         for name, options in recipe.tasks.items():
             datasets_by_task[name] = get_datasets(recipe, name, options)
-    class_names = None
+    class_names, things = None, []
     for name, (train_ds, _) in datasets_by_task.items():
         if TASK_CLASSES[name].needs_class_names:
+            from ..data import categories
             from ..data import class_names as read_class_names
 
             class_names = read_class_names(train_ds)
-    model, processor = build_model(recipe, class_names)
+            things = [i for i, c in enumerate(categories(train_ds)) if c.get("isthing")]
+    families = {TASK_CLASSES[name].model_family for name in recipe.tasks}
+    if families == {"panoptic"}:
+        model, processor = build_panoptic_model(recipe, class_names, things)
+    elif "panoptic" in families:
+        raise ConfigError(
+            "tasks: panoptic trains the Pix2Seq-D sibling model and cannot share a recipe with other tasks"
+        )
+    else:
+        model, processor = build_model(recipe, class_names)
     image_size = recipe.train.image_size
     tasks = []
     for name, options in recipe.tasks.items():
         train_ds, val_ds = datasets_by_task[name]
         opts = {k: v for k, v in options.items() if k not in ("weight", "data")}
         task = build_task(name, augment=recipe.train.augment, image_size=image_size, **opts)
+        task.bind(model.config)
         tasks.append(TaskData(task, float(options.get("weight", 1.0)), train_ds, val_ds))
     return model, processor, tasks
 
