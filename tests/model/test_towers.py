@@ -395,3 +395,16 @@ def test_fresh_pixtok_model_has_a_live_sam_branch():
     with torch.no_grad():
         features = model.model.towers.sam(torch.randn(2, 3, size, size))
     assert features.std() > 1e-2
+
+
+def test_fresh_panoptic_model_has_a_live_sam_branch():
+    import torch
+
+    from pixtok.model.configuration_pixtok_panoptic import PixtokPanopticConfig
+    from pixtok.model.modeling_pixtok_panoptic import PixtokForPanopticSegmentation
+
+    config = PixtokPanopticConfig.from_preset("tiny")
+    model = PixtokForPanopticSegmentation(config).eval()
+    size = config.vision_config.image_size
+    with torch.no_grad():
+        assert model.towers.sam(torch.randn(2, 3, size, size)).std() > 1e-2

@@ -198,6 +198,10 @@ class PixtokPanopticConfig(PretrainedConfig):
     ) -> None:
         if vision_config is None:
             vision_config = copy.deepcopy(PIXTOK_PRESETS["base"]["vision_config"])
+        if not isinstance(vision_config, SamVisionConfig):
+            # SamVisionConfig's own default init is std 1e-10 (it expects released weights): a tower
+            # trained from scratch would output ~0. Use the usual 0.02 unless told otherwise.
+            vision_config = {"initializer_range": 0.02, **vision_config}
         self.vision_config = _sub_config(SamVisionConfig, vision_config)
         self.eva_config = _sub_config(PixtokEva02Config, eva_config)
         self.decoder_config = _sub_config(PixtokPanopticDecoderConfig, decoder_config)
