@@ -20,6 +20,9 @@ launching kernels and growing caches rather than reading weights. This engine re
   read back once every ``check_every`` objects only.
 
 On a CPU the same code runs eagerly, which is how the tests prove equality with stock transformers.
+On CUDA, ``kernels="triton"`` swaps the per-layer torch ops for two fused Triton kernels (RMS norm +
+matrix-vector product + activation/gate/residual; one-query attention that also writes the cache):
+8 launches per layer instead of ~14 (tested in Triton's CPU interpreter and, in fp32, on the GPU).
 
 Two entry points:
 
