@@ -32,6 +32,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from .configuration_pixtok import PixtokConfig
+from .decode_engine import DetectionRows, StaticT5Decoder
 from .decoding import GenerationOptions, decode, grammar_for
 from .eva02 import load_timm_eva02
 from .heads import (
@@ -908,6 +909,72 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
             step_fn, grammar, batch, options, device, start_id=DECODER_START_ID, generator=generator
         )
 
+    # --- the fast decode path -------------------------------------------------------------------------
+    def decode_engine(self, batch_size: int, max_length: int) -> StaticT5Decoder:
+        """A :class:`~.decode_engine.StaticT5Decoder` over this model's T5 (static KV cache, CUDA graphs on
+        a GPU, LoRA merged and pixtok's added-token deltas folded in). Tensors it changes (LoRA-merged
+        projections, the embedding and LM head with the deltas) are copies; the others share the
+        T5's storage when device and dtype match.
+
+        Built on first use and kept for later calls of the same batch size, length, device and dtype;
+        ``model.train()`` drops it (weights are about to change), as does :meth:`release_decode_engine`.
+        """
+        text = self.model.text_model
+        device, dtype = text.lm_head.weight.device, text.lm_head.weight.dtype
+        key = (batch_size, max_length, str(device), str(dtype))
+        cached = self.__dict__.get("_decode_engine")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        engine = StaticT5Decoder(text, batch_size, max_length, dtype=dtype, device=device)
+        added = self.model.added_tokens
+        if added is not None:  # the frozen-T5 case: pixtok's own rows learn as deltas
+            # clone first: on the T5's own device and dtype the engine's tensors share its storage
+            base = added.base_vocab_size
+            engine.embedding = engine.embedding.clone()
+            engine.embedding[base:] += added.embedding_delta.detach().to(engine.embedding)
+            engine.lm_head = engine.lm_head.clone()
+            engine.lm_head[base:] += added.head_delta.detach().to(engine.lm_head)
+        self.__dict__["_decode_engine"] = (key, engine)  # not a submodule: never saved, never moved
+        return engine
+
+    def release_decode_engine(self) -> None:
+        """Free the cached decode engine (its weight copies and CUDA graphs)."""
+        self.__dict__.pop("_decode_engine", None)
+
+    def train(self, mode: bool = True) -> PixtokForConditionalGeneration:
+        if mode:
+            self.release_decode_engine()
+        return super().train(mode)
+
+    def _decode_with_engine(
+        self,
+        encoder_outputs: BaseModelOutput,
+        encoder_mask: torch.Tensor,
+        task: str,
+        options: GenerationOptions,
+    ):
+        """The same decoding as :meth:`_decode_with_cache`, through the static-cache engine: the fused
+        per-object CUDA-graph path for closed-set detection, its ``step_fn`` otherwise."""
+        hidden = encoder_outputs.last_hidden_state
+        engine = self.decode_engine(hidden.shape[0], options.max_new_tokens + 1)
+        engine.prefill(hidden, encoder_mask)
+        vocab = self.config.vocab
+        if task == "detection" and not vocab.open_vocabulary:
+            return engine.generate_detection(
+                DetectionRows.from_vocab(vocab),
+                max_new_tokens=options.max_new_tokens,
+                do_sample=options.do_sample,
+                top_p=options.top_p,
+                temperature=options.temperature,
+                eos_logit_offset=options.eos_logit_offset,
+                min_objects=options.min_objects,
+                max_objects=options.max_objects,
+            )
+        grammar = grammar_for(task, vocab)
+        return decode(
+            engine.step_fn(), grammar, hidden.shape[0], options, hidden.device, start_id=DECODER_START_ID
+        )
+
     @torch.no_grad()
     def generate(
         self,
@@ -927,6 +994,7 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
         generator: torch.Generator | None = None,
         image_embeddings: torch.Tensor | None = None,
         fused_features: torch.Tensor | None = None,
+        decode_engine: bool | None = None,
         **kwargs: Any,
     ) -> PixtokGenerateOutput:
         """Generate token sequences (and points, boxes, masks, proposals) for one task per batch.
@@ -945,6 +1013,10 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
             max_new_tokens, do_sample, top_p, temperature, eos_logit_offset: decoding options.
             generator: RNG for reproducible sampling.
             image_embeddings, fused_features: cached tower features instead of the pixels.
+            decode_engine: decode with the static-cache engine (:meth:`decode_engine`): ``None`` (auto)
+                uses it for closed-set detection on a GPU when no ``generator`` is given — the fused
+                CUDA-graph path, same tokens as the plain loop; ``True`` forces it (any task, any
+                device), ``False`` keeps the plain loop.
             **kwargs: training-only keys of a processor batch (``labels``...) are ignored.
 
         Returns:
@@ -992,7 +1064,21 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
             image_sizes,
             features=features,
         )
-        result = self._decode_with_cache(encoder_outputs, mask, task, options, generator)
+        if decode_engine is None:
+            decode_engine = (
+                task == "detection"
+                and not self.config.open_vocabulary
+                and generator is None
+                and encoder_outputs.last_hidden_state.is_cuda
+            )
+        if decode_engine:
+            if generator is not None:
+                raise ValueError(
+                    "decode_engine=True draws its own samples; pass generator=None or decode_engine=False"
+                )
+            result = self._decode_with_engine(encoder_outputs, mask, task, options)
+        else:
+            result = self._decode_with_cache(encoder_outputs, mask, task, options, generator)
         points = self.trace_head(result.hidden_states)
         boxes = masks = None
         if task == "referring":

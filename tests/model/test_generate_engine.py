@@ -1,0 +1,59 @@
+"""generate(decode_engine=True) — the static-cache engine with LoRA and pixtok's added-token deltas
+folded in — decodes exactly what the plain loop decodes (CPU: the engine runs eagerly)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixtok.model.configuration_pixtok import PixtokConfig
+from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+from pixtok.model.processing_pixtok import PixtokProcessor
+
+
+@pytest.fixture(scope="module")
+def model_and_batch():
+    torch.manual_seed(0)
+    config = PixtokConfig.from_preset("tiny")  # frozen T5 + LoRA + added-token delta rows
+    model = PixtokForConditionalGeneration(config).eval()
+    assert model.model.added_tokens is not None
+    with torch.no_grad():  # a trained-looking model: non-zero LoRA updates and token deltas
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "added_tokens" in name:
+                p.normal_(0, 0.5)
+    processor = PixtokProcessor.from_config(config)
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((90, 120), (128, 64))
+    ]
+    return model, processor, images
+
+
+@pytest.mark.parametrize("task", ["detection", "caption", "referring"])
+def test_engine_decodes_what_the_plain_loop_decodes(model_and_batch, task):
+    model, processor, images = model_and_batch
+    text = ["the red square"] * 2 if task == "referring" else None
+    batch = processor(images=images, task=task, text=text, return_tensors="pt")
+    kwargs = {"max_new_tokens": 26, "do_sample": False}
+    if task == "detection":
+        kwargs["eos_logit_offset"] = -5.0  # long sequences: several whole objects
+    plain = model.generate(**batch, decode_engine=False, **kwargs)
+    fast = model.generate(**batch, decode_engine=True, **kwargs)
+    assert torch.equal(plain.sequences, fast.sequences)
+    assert plain.sequences.shape[1] >= 5  # referring: exactly 4 coordinates + EOS
+    torch.testing.assert_close(fast.token_scores, plain.token_scores, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.points, plain.points, atol=1e-4, rtol=1e-4)
+    if task == "referring":
+        torch.testing.assert_close(fast.boxes, plain.boxes, atol=1e-4, rtol=1e-4)
+
+
+def test_engine_is_cached_and_dropped_by_train(model_and_batch):
+    model, _, _ = model_and_batch
+    engine = model.decode_engine(2, 11)
+    assert model.decode_engine(2, 11) is engine
+    model.train()
+    assert model.decode_engine(2, 11) is not engine
+    model.eval()
+    assert "_decode_engine" not in model.state_dict() and not any(
+        "decode_engine" in n for n, _ in model.named_modules()
+    )
