@@ -34,8 +34,10 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests recipes benchmarks
 	$(BIN)/ruff check --fix src tests recipes benchmarks
 
+# CPU benchmarks (the GPU ones are in benchmarks/RESULTS.md with their commands).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/codec_throughput.py
+	PYTHONPATH=src $(BIN)/python benchmarks/decode.py --cpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
