@@ -99,6 +99,10 @@ class TrainSection:
         keep_checkpoints: how many ``checkpoint-*`` folders to keep.
         max_new_tokens: decoding budget at evaluation.
         gradient_checkpointing: trade compute for memory in the T5.
+        cache_features: compute each image's frozen-tower features once and reuse them across
+            epochs and tasks (needs frozen towers and ``augment: false``; see
+            :mod:`pixtok.training.feature_cache`).
+        cache_max_images: how many images' features the cache keeps in host memory.
     """
 
     max_steps: int = 300
@@ -122,6 +126,8 @@ class TrainSection:
     keep_checkpoints: int = 2
     max_new_tokens: int = 64
     gradient_checkpointing: bool = False
+    cache_features: bool = False
+    cache_max_images: int = 100_000
 
 
 @dataclass

@@ -35,6 +35,7 @@ from accelerate import Accelerator
 from ..tasks.base import Example, Task
 from .checkpoint import read_state, resolve_checkpoint, save_checkpoint
 from .config import ConfigError, RecipeConfig
+from .feature_cache import FeatureCache, check_cacheable
 from .sampling import SampleStream, TaskMixture, sample_rng
 
 
@@ -49,12 +50,14 @@ class TaskData:
         val: the validation dataset.
         train_items: ``task.items(train)``.
         val_items: ``task.items(val)``.
+        source: the data source name (part of an image's feature-cache key).
     """
 
     task: Task
     weight: float
     train: Any
     val: Any
+    source: str = ""
     train_items: list[tuple[int, int]] = field(default_factory=list)
     val_items: list[tuple[int, int]] = field(default_factory=list)
 
@@ -86,7 +89,9 @@ class BatchMaker:
             row, sub = data.train_items[item]
             examples.append(data.task.example(data.train[row], sub, rng))
         batch_rng = sample_rng(self.mixture.seed, micro_batch, stream=4)
-        return t, dict(data.task.collate(examples, self.processor, rng=batch_rng))
+        batch = dict(data.task.collate(examples, self.processor, rng=batch_rng))
+        batch["_image_keys"] = [(data.source, e.image_id, *getattr(e.image, "size", ())) for e in examples]
+        return t, batch
 
 
 def _cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float):
@@ -190,6 +195,10 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         if start_step >= cfg.max_steps:
             raise ConfigError(f"checkpoint {checkpoint} is at step {start_step} >= max_steps {cfg.max_steps}")
 
+    cache = None
+    if cfg.cache_features:
+        check_cacheable(model, cfg.augment)
+        cache = FeatureCache(model, cfg.cache_max_images)
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(
@@ -233,7 +242,10 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     started = time.time()
     history: list[dict[str, Any]] = []
     for task_index, batch in loader:
+        keys = batch.pop("_image_keys", None)
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if cache is not None:
+            batch = cache.apply(batch, keys)
         with accelerator.accumulate(model):
             out = model(**batch)
             loss = out.loss
@@ -327,6 +339,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             "history": history,
             "pictures": pictures,
         }
+        if cache is not None:
+            result["feature_cache"] = cache.summary()
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_jsonable))
     accelerator.wait_for_everyone()
     accelerator.end_training()

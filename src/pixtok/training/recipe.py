@@ -152,6 +152,9 @@ def prepare(recipe: RecipeConfig) -> tuple[Any, Any, list[TaskData]]:
 
             class_names = read_class_names(train_ds)
             things = [i for i, c in enumerate(categories(train_ds)) if c.get("isthing")]
+    from accelerate.utils import set_seed
+
+    set_seed(recipe.train.seed)  # the model's random init is part of the run: same seed, same model
     families = {TASK_CLASSES[name].model_family for name in recipe.tasks}
     if families == {"panoptic"}:
         model, processor = build_panoptic_model(recipe, class_names, things)
@@ -168,7 +171,8 @@ def prepare(recipe: RecipeConfig) -> tuple[Any, Any, list[TaskData]]:
         opts = {k: v for k, v in options.items() if k not in ("weight", "data")}
         task = build_task(name, augment=recipe.train.augment, image_size=image_size, **opts)
         task.bind(model.config)
-        tasks.append(TaskData(task, float(options.get("weight", 1.0)), train_ds, val_ds))
+        source = options.get("data", {}).get("source", recipe.data.source)
+        tasks.append(TaskData(task, float(options.get("weight", 1.0)), train_ds, val_ds, source=source))
     return model, processor, tasks
 
 
