@@ -48,6 +48,7 @@ def register_auto_classes() -> None:
 
     AutoImageProcessor.register(PixtokConfig, slow_image_processor_class=PixtokImageProcessor, exist_ok=True)
     AutoProcessor.register(PixtokConfig, PixtokProcessor, exist_ok=True)
+    PixtokProcessor.register_for_auto_class("AutoProcessor")
 
 
 __all__ = ["register_auto_classes"]

@@ -163,3 +163,70 @@ def test_auto_processor_resolves_a_saved_model_folder(tmp_path) -> None:
     assert type(processor) is PixtokProcessor
     assert processor.vocab == PixtokConfig.from_preset("tiny").vocab
     assert type(AutoImageProcessor.from_pretrained(folder)) is PixtokImageProcessor
+
+
+def test_processor_loads_with_trust_remote_code_without_pixtok(tmp_path) -> None:
+    """A Hub user without pixtok gets the processor (inputs, post-processing) through AutoProcessor."""
+    import numpy as np
+
+    from pixtok.model.processing_pixtok import PixtokProcessor
+
+    register_auto_classes()
+    processor = PixtokProcessor.from_preset("tiny")
+    folder = tmp_path / "proc"
+    processor.save_pretrained(folder)
+    settings = json.loads((folder / "processor_config.json").read_text())
+    assert settings["auto_map"]["AutoProcessor"] == "processing_pixtok.PixtokProcessor"
+    assert (folder / "processing_pixtok.py").is_file() and (folder / "box_codec.py").is_file()
+    image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    expected = processor(images=[image], task="detection", return_tensors="pt")
+    ids = processor.encode_detection([[4.0, 6.0, 40.0, 30.0]], [3], (48, 80))
+    expected_boxes = processor.post_process_object_detection(ids[None], target_sizes=[(48, 80)])[0]["boxes"]
+    save_file(
+        {"pixel_values": expected["pixel_values"], "ids": ids, "boxes": expected_boxes.float()},
+        str(tmp_path / "expected.safetensors"),
+    )
+    script = BLOCK_PIXTOK + textwrap.dedent(
+        f"""
+        import numpy as np, torch
+        from safetensors.torch import load_file
+        from transformers import AutoProcessor
+        proc = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(proc).__module__.startswith("transformers_modules."), type(proc).__module__
+        expected = load_file({str(tmp_path / "expected.safetensors")!r})
+        batch = proc(images=[np.load({str(tmp_path / "image.npy")!r})], task="detection", return_tensors="pt")
+        assert torch.equal(batch["pixel_values"], expected["pixel_values"])
+        boxes = proc.post_process_object_detection(expected["ids"][None], target_sizes=[(48, 80)])[0]["boxes"]
+        assert torch.allclose(boxes.float(), expected["boxes"])
+        print("PROC_OK")
+        """
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PYTHONPATH": "",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "PROC_OK" in result.stdout
+
+
+def test_processor_from_a_hub_id_downloads_the_repo(tmp_path, monkeypatch) -> None:
+    from pixtok.model.processing_pixtok import PixtokProcessor
+
+    folder = tmp_path / "snapshot"
+    PixtokProcessor.from_preset("tiny").save_pretrained(folder)
+    asked = {}
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        asked.update(repo_id=repo_id, patterns=allow_patterns, **kwargs)
+        return str(folder)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    processor = PixtokProcessor.from_pretrained("someone/pixtok-tiny", revision="v1")
+    assert asked["repo_id"] == "someone/pixtok-tiny" and asked["revision"] == "v1"
+    assert "*.json" in asked["patterns"] and processor.num_bins == 1000

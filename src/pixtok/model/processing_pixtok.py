@@ -173,6 +173,12 @@ class PixtokProcessor(ProcessorMixin):
             "ordering": self.ordering,
             "seed": self.seed,
         }
+        if getattr(self, "_auto_class", None) is not None:
+            # registered for AutoProcessor (pixtok.auto): copy this code and write ``auto_map`` so the
+            # folder loads with ``trust_remote_code=True`` where pixtok is not installed (the Hub case)
+            from transformers.dynamic_module_utils import custom_object_save
+
+            custom_object_save(self, out, config=settings)
         path = out / PROCESSOR_CONFIG_NAME
         path.write_text(json.dumps(settings, indent=2) + "\n")
         return [str(path)]
@@ -181,8 +187,22 @@ class PixtokProcessor(ProcessorMixin):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any
     ) -> PixtokProcessor:
-        """Load a folder written by :meth:`save_pretrained` (or a model folder with only ``config.json``)."""
+        """Load a folder written by :meth:`save_pretrained` (or a model folder with only ``config.json``),
+        a local path or a Hub repo id (fetched with ``huggingface_hub.snapshot_download``)."""
         path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            from huggingface_hub import snapshot_download
+
+            hub = {
+                k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs
+            }
+            path = Path(
+                snapshot_download(
+                    str(pretrained_model_name_or_path),
+                    allow_patterns=["*.json", "*.model", "*.txt", "*.py"],
+                    **hub,
+                )
+            )
         settings_file = path / PROCESSOR_CONFIG_NAME
         if not settings_file.exists():
             if (path / "config.json").exists():
@@ -192,6 +212,7 @@ class PixtokProcessor(ProcessorMixin):
             raise FileNotFoundError(f"{path} has neither {PROCESSOR_CONFIG_NAME} nor a pixtok config.json")
         settings = json.loads(settings_file.read_text())
         settings.pop("processor_class", None)
+        settings.pop("auto_map", None)
         own = set(inspect.signature(cls.__init__).parameters) - {"self", "image_processor", "tokenizer"}
         settings.update({k: v for k, v in kwargs.items() if k in own})
         loading = {k: v for k, v in kwargs.items() if k not in own}  # trust_remote_code, revision, ...
