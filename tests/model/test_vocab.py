@@ -42,3 +42,46 @@ def test_task_from_id_inverts_task_id():
     assert [v.task_from_id(v.task_id(t)) for t in TASKS] == list(TASKS)
     with pytest.raises(ValueError, match="not a task token"):
         v.task_from_id(v.noise_id)
+
+
+def test_t5_sentinels_are_part_of_the_arithmetic():
+    from pixtok.model.configuration_pixtok import PixtokConfig
+
+    assert PixtokConfig.from_preset("tiny").vocab.sentinel_ids == ()
+    real = PixtokConfig.from_preset("tiny", base_vocab_size=32100).vocab
+    assert real.sentinel_ids == tuple(range(32000, 32100))
+
+
+@pytest.mark.parametrize("engine", [False, True])
+def test_text_decoding_never_emits_t5_sentinels(engine):
+    """Sentinel rows of the LM head boosted so greedy decoding would pick them: the ban holds —
+    and without it (num_sentinel_tokens=0) a sentinel does come out, so the test can fail."""
+    import torch
+
+    from pixtok.model.configuration_pixtok import PixtokConfig
+    from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+
+    def generate(num_sentinels):
+        torch.manual_seed(0)
+        config = PixtokConfig.from_preset(
+            "tiny", base_vocab_size=32100, num_sentinel_tokens=num_sentinels, lora_r=0
+        )
+        model = PixtokForConditionalGeneration(config).eval()
+        with torch.no_grad():
+            head = model.model.text_model.lm_head.weight
+            head[32000:32100] *= 1000.0
+        s = config.image_size
+        out = model.generate(
+            pixel_values=torch.randn(1, 3, s, s),
+            eva_pixel_values=torch.randn(1, 3, config.eva_image_size, config.eva_image_size),
+            task_ids=torch.tensor([1]),  # caption
+            max_new_tokens=6,
+            do_sample=False,
+            decode_engine=engine,
+        )
+        return out.sequences
+
+    banned = generate(100)
+    assert not ((banned >= 32000) & (banned < 32100)).any()
+    unbanned = generate(0)
+    assert ((unbanned >= 32000) & (unbanned < 32100)).any()

@@ -129,6 +129,9 @@ class PixtokConfig(PretrainedConfig):
             Coordinate quantization bins of the token space (see ``vocab.py``).
         base_vocab_size (`int`, *optional*, defaults to 32100):
             Entries of the base T5 tokenizer; pixtok's tokens are appended after them.
+        num_sentinel_tokens (`int`, *optional*):
+            How many ids at the end of the base vocabulary are T5's ``<extra_id_*>`` sentinels, which
+            text decoding never emits; defaults to 100 when ``base_vocab_size`` is T5's 32100, else 0.
         open_vocabulary (`bool`, *optional*, defaults to `False`):
             Write detection classes as text instead of ``<cls_c>`` tokens.
         id2label (`dict[int, str]`, *optional*, defaults to the 80 COCO classes):
@@ -207,6 +210,7 @@ class PixtokConfig(PretrainedConfig):
         extractor_config: dict | PixtokPromptExtractorConfig | None = None,
         num_bins: int = 1000,
         base_vocab_size: int = 32100,
+        num_sentinel_tokens: int | None = None,
         open_vocabulary: bool = False,
         id2label: dict[int, str] | None = None,
         max_objects: int = 100,
@@ -268,6 +272,9 @@ class PixtokConfig(PretrainedConfig):
 
         self.num_bins = num_bins
         self.base_vocab_size = base_vocab_size
+        if num_sentinel_tokens is None:
+            num_sentinel_tokens = 100 if base_vocab_size == 32100 else 0
+        self.num_sentinel_tokens = num_sentinel_tokens
         self.open_vocabulary = open_vocabulary
         self.max_objects = max_objects
         self.num_proposals = num_proposals

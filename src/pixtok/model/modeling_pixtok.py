@@ -903,7 +903,7 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
             return logits[:, -1], states[:, -1]
 
         batch = encoder_outputs.last_hidden_state.shape[0]
-        grammar = grammar_for(task, self.config.vocab)
+        grammar = grammar_for(task, self.config.vocab, banned_ids=self.config.vocab.sentinel_ids)
         device = encoder_outputs.last_hidden_state.device
         return decode(
             step_fn, grammar, batch, options, device, start_id=DECODER_START_ID, generator=generator
@@ -970,7 +970,7 @@ class PixtokForConditionalGeneration(PixtokPreTrainedModel):
                 min_objects=options.min_objects,
                 max_objects=options.max_objects,
             )
-        grammar = grammar_for(task, vocab)
+        grammar = grammar_for(task, vocab, banned_ids=vocab.sentinel_ids)
         return decode(
             engine.step_fn(), grammar, hidden.shape[0], options, hidden.device, start_id=DECODER_START_ID
         )

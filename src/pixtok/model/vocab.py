@@ -3,7 +3,8 @@
 Every pixtok sequence lives in one vocabulary: the base T5 sentencepiece vocabulary followed by the
 tokens pixtok adds, always appended in this order::
 
-    [0, base)                               base T5 pieces (pad=0, eos=1, unk=2, words, T5 extra ids)
+    [0, base)                               base T5 pieces (pad=0, eos=1, unk=2, words; T5's last 100
+                                            are the ``<extra_id_*>`` sentinels, never generated)
     [coord_offset, coord_offset + num_bins) coordinate tokens ``<loc_0>`` … ``<loc_{num_bins-1}>``
     [class_offset, class_offset + C)        closed-set class tokens ``<cls_0>`` … (absent when
                                             ``open_vocabulary``: the class is then written as text)
@@ -61,12 +62,16 @@ class PixtokVocab:
         num_bins (`int`, *optional*, defaults to 1000): coordinate quantization bins.
         class_names (`Sequence[str]`, *optional*): closed-set class names, index = label id.
         open_vocabulary (`bool`, *optional*, defaults to `False`): write classes as text, not tokens.
+        num_sentinel_tokens (`int`, *optional*, defaults to 0): how many base ids at the end of the
+            base vocabulary are T5's ``<extra_id_*>`` span sentinels (100 for T5's 32100 entries);
+            text decoding never emits them.
     """
 
     base_vocab_size: int
     num_bins: int = 1000
     class_names: tuple[str, ...] = field(default_factory=tuple)
     open_vocabulary: bool = False
+    num_sentinel_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.base_vocab_size <= UNK_ID:
@@ -112,6 +117,11 @@ class PixtokVocab:
     def size(self) -> int:
         """Total number of token ids (the LM head's output size)."""
         return self.task_offset + len(TASKS)
+
+    @property
+    def sentinel_ids(self) -> tuple[int, ...]:
+        """Ids of T5's ``<extra_id_*>`` sentinels (pre-training span markers, never output text)."""
+        return tuple(range(self.base_vocab_size - self.num_sentinel_tokens, self.base_vocab_size))
 
     def task_id(self, task: str) -> int:
         return self.task_offset + task_index(task)
@@ -195,6 +205,7 @@ def vocab_from_config(config: Any) -> PixtokVocab:
         num_bins=config.num_bins,
         class_names=tuple(names),
         open_vocabulary=getattr(config, "open_vocabulary", False),
+        num_sentinel_tokens=getattr(config, "num_sentinel_tokens", 0) or 0,
     )
 
 
