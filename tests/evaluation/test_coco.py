@@ -122,3 +122,29 @@ def test_bad_input_is_a_clear_error(tmp_path):
         evaluate_detection([{"boxes": [[0, 0, 1, 1]], "labels": [5], "scores": [1]}], _gt(), image_ids=[1])
     with pytest.raises(ValueError, match="not a COCO integer id"):
         evaluate_detection([{"boxes": []}], _gt(), image_ids=["cat.jpg"])
+
+
+def test_evaluate_detection_on_boxes_perfect_and_missing():
+    import numpy as np
+
+    from pixtok.evaluation.coco import evaluate_detection_on_boxes
+
+    refs = [
+        {"boxes": [[10, 10, 60, 50], [70, 20, 120, 90]], "labels": [0, 2], "iscrowd": [0, 0]},
+        {"boxes": [[5, 5, 40, 40]], "labels": [1]},
+    ]
+    perfect = [
+        {
+            "boxes": np.array(r["boxes"], float),
+            "labels": np.array(r["labels"]),
+            "scores": np.ones(len(r["labels"])),
+        }
+        for r in refs
+    ]
+    assert evaluate_detection_on_boxes(perfect, refs)["AP"] == 1.0
+    missing = [
+        dict(perfect[0], boxes=perfect[0]["boxes"][:1], labels=perfect[0]["labels"][:1], scores=np.ones(1)),
+        perfect[1],
+    ]
+    scores = evaluate_detection_on_boxes(missing, refs)
+    assert scores["AR100"] < 1.0 and scores["AP"] < 1.0

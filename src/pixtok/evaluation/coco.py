@@ -227,6 +227,65 @@ def evaluate_detection(
     return evaluate_coco_results(results, coco_gt, image_ids=image_ids, iou_type=iou_type)
 
 
+def ground_truth_from_boxes(references: Sequence[Mapping[str, Any]], num_labels: int) -> dict[str, Any]:
+    """A COCO instances dict from per-image references (no annotation file at hand).
+
+    Args:
+        references: per image ``{"boxes": (N, 4) xyxy pixels, "labels": (N,), "iscrowd": (N,) optional}``.
+        num_labels: number of pixtok labels (category id = label + 1).
+
+    Returns:
+        ``{"images", "categories", "annotations"}`` with image ids ``1..len(references)``; object areas
+        are box areas (COCO files use mask areas, which moves the small/medium/large split slightly).
+    """
+    annotations: list[dict[str, Any]] = []
+    for image_id, ref in enumerate(references, start=1):
+        boxes = np.asarray(ref.get("boxes", []), dtype=np.float64).reshape(-1, 4)
+        labels = np.asarray(ref.get("labels", []), dtype=np.int64).reshape(-1)
+        crowd = ref.get("iscrowd")
+        crowd = np.zeros(len(boxes), dtype=np.int64) if crowd is None else np.asarray(crowd).reshape(-1)
+        for (x0, y0, x1, y1), label, iscrowd in zip(boxes.tolist(), labels.tolist(), crowd.tolist()):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label) + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": int(iscrowd),
+                }
+            )
+    return {
+        "images": [{"id": i} for i in range(1, len(references) + 1)],
+        "categories": [{"id": c + 1} for c in range(max(num_labels, 1))],
+        "annotations": annotations,
+    }
+
+
+def evaluate_detection_on_boxes(
+    predictions: Sequence[Mapping[str, Any]],
+    references: Sequence[Mapping[str, Any]],
+    num_labels: int | None = None,
+) -> dict[str, float]:
+    """COCO AP/AR of predictions against per-image reference boxes (see :func:`ground_truth_from_boxes`).
+
+    ``num_labels`` defaults to one more than the largest label among references and predictions.
+    """
+    if num_labels is None:
+        largest = [
+            int(np.max(np.asarray(r.get("labels", []), dtype=np.int64), initial=-1)) for r in references
+        ]
+        largest += [
+            int(np.max(np.asarray(p.get("labels", []), dtype=np.int64), initial=-1)) for p in predictions
+        ]
+        num_labels = max(largest, default=-1) + 1
+    ground_truth = ground_truth_from_boxes(references, num_labels)
+    ids = list(range(1, len(references) + 1))
+    return evaluate_detection(
+        predictions, ground_truth, ids, category_ids=list(range(1, max(num_labels, 1) + 1))
+    )
+
+
 __all__ = [
     "COCO_STAT_NAMES",
     "IOU_TYPES",
@@ -234,6 +293,8 @@ __all__ = [
     "encode_mask",
     "evaluate_coco_results",
     "evaluate_detection",
+    "evaluate_detection_on_boxes",
+    "ground_truth_from_boxes",
     "load_coco",
     "to_coco_results",
 ]

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .captions import evaluate_captions
-from .coco import evaluate_detection
+from .coco import evaluate_detection, evaluate_detection_on_boxes
 from .dense_captions import evaluate_dense_captions
 from .panoptic_quality import evaluate_panoptic
 from .referring import evaluate_referring
@@ -411,33 +411,9 @@ def _detection_metrics(
         + [int(max(s.truth[0]["labels"], default=-1)) + 1 for s, _ in predictions]
         + [int(_numpy(o.get("labels", [])).max(initial=-1)) + 1 for o in outs]
     )
-    annotations_list = []
-    for image_index, (sample, _) in enumerate(predictions, start=1):
-        objects = sample.truth[0]
-        crowd = list(objects.get("iscrowd") or [0] * len(objects["boxes"]))
-        for box, label, iscrowd in zip(objects["boxes"], objects["labels"], crowd):
-            x0, y0, x1, y1 = (float(v) for v in box)
-            annotations_list.append(
-                {
-                    "id": len(annotations_list) + 1,
-                    "image_id": image_index,
-                    "category_id": int(label) + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": int(iscrowd),
-                }
-            )
-    ground_truth = {
-        "images": [{"id": i} for i in range(1, len(predictions) + 1)],
-        "categories": [{"id": c + 1} for c in range(max(num_labels, 1))],
-        "annotations": annotations_list,
-    }
     notes.append("ground truth rebuilt from the rows (object areas = box areas)")
-    return evaluate_detection(
-        outs,
-        ground_truth,
-        list(range(1, len(predictions) + 1)),
-        category_ids=list(range(1, max(num_labels, 1) + 1)),
+    return evaluate_detection_on_boxes(
+        outs, [sample.truth[0] for sample, _ in predictions], max(num_labels, 1)
     )
 
 

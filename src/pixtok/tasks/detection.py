@@ -48,34 +48,9 @@ class DetectionTask(Task):
         return processor.post_process_object_detection(outputs, target_sizes=target_sizes, threshold=0.0)
 
     def score(self, predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
-        from ..evaluation.coco import evaluate_detection
+        from ..evaluation.coco import evaluate_detection_on_boxes
 
-        num_classes = 1 + max([int(max(e.reference["labels"], default=-1)) for e in examples] + [0])
-        for p in predictions:
-            if len(p["labels"]):
-                num_classes = max(num_classes, int(max(p["labels"])) + 1)
-        images, annotations = [], []
-        for i, e in enumerate(examples, start=1):
-            images.append({"id": i, "width": e.image.width, "height": e.image.height})
-            for box, label, crowd in zip(e.reference["boxes"], e.reference["labels"], e.reference["iscrowd"]):
-                x0, y0, x1, y1 = (float(v) for v in box)
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": i,
-                        "category_id": int(label) + 1,
-                        "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "area": (x1 - x0) * (y1 - y0),
-                        "iscrowd": int(crowd),
-                    }
-                )
-        gt = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
-        }
-        ids = list(range(1, len(examples) + 1))
-        return evaluate_detection(predictions, gt, ids, category_ids=list(range(1, num_classes + 1)))
+        return evaluate_detection_on_boxes(predictions, [e.reference for e in examples])
 
 
 __all__ = ["DetectionTask"]
