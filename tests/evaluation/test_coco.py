@@ -141,7 +141,7 @@ def test_evaluate_detection_on_boxes_perfect_and_missing():
         }
         for r in refs
     ]
-    assert evaluate_detection_on_boxes(perfect, refs)["AP"] == 1.0
+    assert evaluate_detection_on_boxes(perfect, refs)["AP"] == pytest.approx(1.0)
     missing = [
         dict(perfect[0], boxes=perfect[0]["boxes"][:1], labels=perfect[0]["labels"][:1], scores=np.ones(1)),
         perfect[1],
