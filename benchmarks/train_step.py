@@ -1,0 +1,172 @@
+"""Training-step throughput: samples/s, MFU and peak memory for 500-token detection targets.
+
+For pixtok ``base`` (LoRA, frozen towers — the paper's setting) one optimizer step (forward,
+backward, AdamW) on random 1024² images with 500-token detection targets is timed with CUDA events
+(median after warm-up), under bf16 autocast with fp32 master weights (what accelerate's
+``mixed_precision: bf16`` does):
+
+* with the towers run online, and with their features cached (``train.cache_features``: the
+  towers' output passed as ``image_embeddings`` / ``fused_features``) — the ratio is the cache's
+  speed-up;
+* ``pixelllm-xl`` at batch 8 with gradient checkpointing: step time and peak memory.
+
+MFU counts what the step really computes: the FLOPs are measured by
+``torch.utils.flop_counter.FlopCounterMode`` on one step (frozen weights get no weight gradients,
+so they are not counted), divided by the step time and the datasheet dense bf16 rate (989.4 TFLOP/s
+for H100 SXM / H200, the same figure ``towers.py`` uses).
+
+    PYTHONPATH=src python3 benchmarks/train_step.py [--batch 8] [--out DIR]
+    PYTHONPATH=src python3 benchmarks/train_step.py --device cpu --preset tiny --skip-xl   # smoke
+
+Writes ``benchmarks/results/train.json`` (``base_mfu``, ``cache_speedup``, ``xl_peak_gb``, …).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pixtok.model.configuration_pixtok import PixtokConfig  # noqa: E402
+from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration  # noqa: E402
+from timing import RESULTS_DIR, command_line, device_description, median, write_result  # noqa: E402
+
+PEAK_BF16_FLOPS = 989.4e12
+TOKENS = 501  # 100 objects x 5 + EOS
+
+
+def make_batch(config: PixtokConfig, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random images and random (grammatical) detection targets of TOKENS tokens."""
+    vocab = config.vocab
+    s, e = config.image_size, config.eva_image_size
+    objects = (TOKENS - 1) // 5
+    coords = torch.randint(vocab.coord_offset, vocab.coord_offset + vocab.num_bins, (batch, objects, 4))
+    classes = torch.randint(
+        vocab.class_offset, vocab.class_offset + max(vocab.num_classes, 1), (batch, objects, 1)
+    )
+    labels = torch.cat(
+        [torch.cat([coords, classes], -1).reshape(batch, -1), torch.full((batch, 1), vocab.eos_id)], 1
+    )
+    return {
+        "pixel_values": torch.randn(batch, 3, s, s, device=device),
+        "eva_pixel_values": torch.randn(batch, 3, e, e, device=device),
+        "input_ids": torch.full((batch, 1), vocab.task_id("detection"), device=device),
+        "attention_mask": torch.ones(batch, 1, dtype=torch.long, device=device),
+        "labels": labels.to(device),
+        "label_weights": torch.ones(batch, TOKENS, device=device),
+    }
+
+
+def timed(fn, device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def step_fn(model, optimizer, batch, device):
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure(preset: str, batch_size: int, device: torch.device, checkpointing: bool, cached: bool) -> dict:
+    torch.manual_seed(0)
+    config = PixtokConfig.from_preset(preset)
+    with torch.device(device):
+        model = PixtokForConditionalGeneration(config)
+    model.train()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    batch = make_batch(config, batch_size, device)
+    if cached:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            features = model.model.encode_images(batch.pop("pixel_values"), batch.pop("eva_pixel_values"))
+        batch["image_embeddings"], batch["fused_features"] = features.sam.float(), features.fused.float()
+    step = step_fn(model, optimizer, batch, device)
+    step()  # allocate optimizer state before counting
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed(step, device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    trainable = sum(p.numel() for p in params)
+    result = {
+        "samples_per_s": batch_size / seconds,
+        "step_s": seconds,
+        "tflop_per_step": flops / 1e12,
+        "mfu": flops / seconds / PEAK_BF16_FLOPS,
+        "peak_gb": peak,
+        "trainable_m": trainable / 1e6,
+    }
+    del model, optimizer, batch
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--xl-batch", type=int, default=8)
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--skip-xl", action="store_true")
+    parser.add_argument("--out", help="also write the JSON here (a folder)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    metrics: dict[str, float] = {}
+    for cached in (False, True):
+        r = measure(args.preset, args.batch, device, checkpointing=False, cached=cached)
+        tag = "base_cached" if cached else "base"
+        for k, v in r.items():
+            metrics[f"{tag}_{k}"] = v
+        print(f"{args.preset} {'cached' if cached else 'online'} batch {args.batch}: {r}", flush=True)
+    metrics["cache_speedup"] = metrics["base_cached_samples_per_s"] / metrics["base_samples_per_s"]
+    if not args.skip_xl:
+        r = measure("pixelllm-xl", args.xl_batch, device, checkpointing=True, cached=False)
+        for k, v in r.items():
+            metrics[f"xl_{k}"] = v
+        metrics["xl_batch"] = float(args.xl_batch)
+        print(f"pixelllm-xl batch {args.xl_batch} (checkpointing): {r}", flush=True)
+    for key, value in metrics.items():
+        print(f"{key:32s} {value:12.4f}")
+    if device.type != "cuda":
+        return  # smoke run: nothing written
+    record = write_result(
+        RESULTS_DIR / "train.json", "train", device_description(device), command_line(), metrics
+    )
+    if args.out:
+        write_result(Path(args.out) / "train.json", "train", record["device"], record["command"], metrics)
+
+
+if __name__ == "__main__":
+    main()
