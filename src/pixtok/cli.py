@@ -19,15 +19,10 @@ from typing import Any
 
 import numpy as np
 
-TASK_CHOICES: tuple[str, ...] = (
-    "detection",
-    "caption",
-    "referring",
-    "region_caption",
-    "dense_caption",
-    "panoptic",
-)
-"""``--task`` values (the same names as ``pixtok.model.vocab.TASKS``; checked against it in tests)."""
+from .model.vocab import TASKS
+
+TASK_CHOICES: tuple[str, ...] = TASKS
+"""``--task`` values: the model's task names (``pixtok.model.vocab`` is loaded by ``import pixtok``)."""
 
 EXIT_USAGE = 2
 """Exit status for a user error (bad path, unknown task, model without the task's head)."""

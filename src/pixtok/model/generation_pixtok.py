@@ -18,10 +18,9 @@ from transformers.utils import ModelOutput
 
 from .decode_engine import DetectionRows, StaticT5Decoder
 from .decoding import GenerationOptions, decode, grammar_for
+from .sam import BOX_LABELS
 from .towers import VisionFeatures
 from .vocab import DECODER_START_ID, TASKS, task_index
-
-_BOX_LABELS = (2, 3)  # SAM labels of a box's top-left / bottom-right corners
 
 
 @dataclass
@@ -241,7 +240,7 @@ class PixtokGenerationMixin:
                 sam=features.sam.repeat_interleave(k, dim=0), fused=features.fused.repeat_interleave(k, dim=0)
             )
             prompt_coords = proposals.reshape(batch * k, 2, 2)
-            prompt_labels = torch.tensor(_BOX_LABELS, device=prompt_coords.device).expand(batch * k, 2)
+            prompt_labels = torch.tensor(BOX_LABELS, device=prompt_coords.device).expand(batch * k, 2)
             # each proposal is captioned as a region caption (the task the captions were trained on)
             region_task = self.config.vocab.task_id("region_caption")
             input_ids = torch.full((batch * k, 1), region_task, dtype=torch.long, device=prompt_coords.device)

@@ -46,11 +46,10 @@ from .heads import (
 from .lora import AddedTokenRows, apply_lora, lm_head_input_scale, merge_lora, reset_lora, unmerge_lora
 from .model_card import PixtokHubMixin
 from .prompt_extractor import PixtokPromptExtractor
-from .sam import SamMaskDecoder, SamPromptEncoder, load_sam_weights, load_state_dict_checked
+from .sam import BOX_LABELS, SamMaskDecoder, SamPromptEncoder, load_sam_weights, load_state_dict_checked
 from .towers import DualTower, VisionFeatures
 from .vocab import DECODER_START_ID, EOS_ID, PAD_ID
 
-_BOX_LABELS = (2, 3)  # SAM labels of a box's top-left / bottom-right corners
 _COORD_TOLERANCE = 1e-4
 
 
@@ -276,7 +275,7 @@ class PixtokModel(PixtokPreTrainedModel):
             coords[:, 1, 1] = sizes[:, 0] / long_side
         else:
             coords[:, 1] = 1.0
-        labels = torch.tensor(_BOX_LABELS, device=device).expand(batch_size, 2).clone()
+        labels = torch.tensor(BOX_LABELS, device=device).expand(batch_size, 2).clone()
         return coords, labels
 
     @staticmethod
@@ -648,7 +647,7 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             (B, 1, 4g, 4g) mask logits over the padded square.
         """
         corners = boxes.detach().float().clamp(0, 1).view(-1, 2, 2)
-        labels = torch.tensor(_BOX_LABELS, device=boxes.device).expand(boxes.shape[0], 2)
+        labels = torch.tensor(BOX_LABELS, device=boxes.device).expand(boxes.shape[0], 2)
         sparse, dense = self.model.prompt_encoder(corners, labels)
         sparse = sparse + self.mask_prompt_embed.to(sparse.dtype)
         masks, _ = self.mask_decoder(image_embeddings, self.model.prompt_encoder.image_pe(), sparse, dense)

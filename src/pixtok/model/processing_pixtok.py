@@ -35,6 +35,7 @@ from .box_codec import (
     sanitize_boxes,
 )
 from .image_processing_pixtok import PixtokImageProcessor
+from .sam import BOX_LABELS
 from .tokenization_pixtok import add_pixtok_tokens, load_tokenizer
 from .vocab import EOS_ID, PAD_ID, TASKS, PixtokVocab, task_index
 
@@ -241,13 +242,13 @@ class PixtokProcessor(ProcessorMixin):
                 )
             x0, x1 = sorted(np.clip(b[[0, 2]], 0, w))
             y0, y1 = sorted(np.clip(b[[1, 3]], 0, h))
-            return [[x0 / scale, y0 / scale], [x1 / scale, y1 / scale]], [2, 3]
+            return [[x0 / scale, y0 / scale], [x1 / scale, y1 / scale]], list(BOX_LABELS)
         if point is not None:
             p = np.asarray(point, dtype=np.float64).reshape(-1)
             if p.shape != (2,) or not np.isfinite(p).all():
                 raise ValueError(f"image {index}: a point prompt is 2 finite numbers x y px, got {point!r}")
             return [[np.clip(p[0], 0, w) / scale, np.clip(p[1], 0, h) / scale], [0.0, 0.0]], [1, -1]
-        return [[0.0, 0.0], [w / scale, h / scale]], [2, 3]
+        return [[0.0, 0.0], [w / scale, h / scale]], list(BOX_LABELS)
 
     def __call__(
         self,

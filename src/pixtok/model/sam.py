@@ -738,7 +738,12 @@ def load_sam_weights(name_or_path: str | Path) -> dict[str, dict[str, Tensor]]:
     return load_transformers_sam(name_or_path)
 
 
+BOX_LABELS: tuple[int, int] = (2, 3)
+"""SAM prompt labels of a box's top-left and bottom-right corners."""
+
+
 __all__ = [
+    "BOX_LABELS",
     "PROMPT_LABELS",
     "SAM_PARTS",
     "SamImageEncoder",

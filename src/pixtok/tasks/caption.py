@@ -15,6 +15,17 @@ from .base import Example, Task
 from .geometry import augment_example_image
 
 
+def score_captions(predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
+    """coco-caption metrics of generated ``text`` against each example's reference ``text``
+    (METEOR left out: it needs Java and the jar)."""
+    from ..evaluation.captions import evaluate_captions
+
+    metrics = evaluate_captions(
+        [p["text"] for p in predictions], [[e.reference["text"]] for e in examples], use_meteor=False
+    )
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
 class CaptionTask(Task):
     """``task="caption"``: image → caption, every word with an (x, y) point."""
 
@@ -44,9 +55,6 @@ class CaptionTask(Task):
             image_id=str(row.get("image_id", "")),
         )
 
-    def generation_kwargs(self) -> dict[str, Any]:
-        return {"do_sample": False}
-
     def forward_metrics(self, batch: Any, outputs: Any) -> dict[str, tuple[float, float]]:
         """``trace_l1``: mean |predicted - true| point coordinate over words with a point, teacher-forced
         on the reference caption, in model space (coordinates / the image's long side)."""
@@ -63,12 +71,7 @@ class CaptionTask(Task):
         return processor.post_process_caption(outputs, target_sizes=target_sizes)
 
     def score(self, predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
-        from ..evaluation.captions import evaluate_captions
-
-        metrics = evaluate_captions(
-            [p["text"] for p in predictions], [[e.reference["text"]] for e in examples], use_meteor=False
-        )
-        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        return score_captions(predictions, examples)
 
 
-__all__ = ["CaptionTask"]
+__all__ = ["CaptionTask", "score_captions"]

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import Example, Task
+from .caption import score_captions
 from .geometry import augment_example_image
 
 
@@ -50,9 +51,6 @@ class RegionCaptionTask(Task):
             image_id=str(row.get("image_id", "")),
         )
 
-    def generation_kwargs(self) -> dict[str, Any]:
-        return {"do_sample": False}
-
     def draw_kwargs(self, example: Example, prediction: dict) -> dict[str, Any]:
         return {"prompt_box": example.reference["box"], "title": "region caption"}
 
@@ -60,12 +58,7 @@ class RegionCaptionTask(Task):
         return processor.post_process_caption(outputs, target_sizes=target_sizes)
 
     def score(self, predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
-        from ..evaluation.captions import evaluate_captions
-
-        metrics = evaluate_captions(
-            [p["text"] for p in predictions], [[e.reference["text"]] for e in examples], use_meteor=False
-        )
-        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        return score_captions(predictions, examples)
 
 
 __all__ = ["RegionCaptionTask"]
