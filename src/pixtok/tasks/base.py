@@ -112,19 +112,18 @@ class Task(ABC):
         return processor(images=[e.image for e in examples], task=self.name, return_tensors="pt", **kwargs)
 
     # --- inference and scoring -------------------------------------------------------------------
-    def generation_kwargs(self) -> dict[str, Any]:
-        """Extra ``generate`` arguments of this task (decoding defaults live in the model)."""
-        return {}
-
     def predict(
         self, model: Any, processor: Any, examples: Sequence[Example], max_new_tokens: int = 64
     ) -> list[dict]:
-        """Generate for ``examples`` and post-process into this task's output format."""
+        """Generate for ``examples`` and post-process into this task's output format.
+
+        Decoding options are the model's per-task defaults (``GenerationOptions.for_task``: nucleus
+        sampling for detection, greedy for the text tasks)."""
         import torch
 
         batch = self.collate(examples, processor, with_targets=False).to(model.device)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, **self.generation_kwargs())
+            out = model.generate(**batch, max_new_tokens=max_new_tokens)
         sizes = [(e.image.height, e.image.width) for e in examples]
         return self.post_process(processor, out, sizes)
 

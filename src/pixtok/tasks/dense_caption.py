@@ -41,9 +41,6 @@ class DenseCaptionTask(Task):
             image_id=str(row.get("image_id", "")),
         )
 
-    def generation_kwargs(self) -> dict[str, Any]:
-        return {"do_sample": False}
-
     def collate(
         self,
         examples: Sequence[Example],

@@ -67,9 +67,6 @@ class ReferringTask(Task):
             image_id=str(row.get("image_id", "")),
         )
 
-    def generation_kwargs(self) -> dict[str, Any]:
-        return {"do_sample": False}
-
     def draw_kwargs(self, example: Example, prediction: dict) -> dict[str, Any]:
         return {"expression": example.text}
 
