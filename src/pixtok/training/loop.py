@@ -232,8 +232,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.init_trackers("pixtok", config=_flat(recipe.to_dict()))
     unwrapped = accelerator.unwrap_model(model)
-    if hasattr(unwrapped, "trainable_parameters_summary"):
-        accelerator.print(unwrapped.trainable_parameters_summary())
+    if accelerator.is_main_process and hasattr(unwrapped, "print_trainable_parameters"):
+        unwrapped.print_trainable_parameters()  # peft-style "trainable params: … || trainable%: …"
 
     model.train()
     step, bad_step = start_step, False
