@@ -313,6 +313,18 @@ PANOPTIC_PRESETS: dict[str, dict[str, Any]] = {
         "mask_size": 32,
         "num_sampling_steps": 4,
     },
+    # pixtok's small towers (16 x 16 grid at 128 px), 64 x 64 masks, a 4-block decoder of width
+    # 256: the size the learning benchmark trains from scratch in minutes on one GPU
+    "small": {
+        "vision_config": PIXTOK_PRESETS["small"]["vision_config"],
+        "eva_config": PIXTOK_PRESETS["small"]["eva_config"],
+        "decoder_config": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8},
+        "class_bits": 4,
+        "instance_bits": 3,
+        "mask_size": 64,
+        "num_sampling_steps": 20,
+        "sampling_td": 1.0,
+    },
     # pixtok's base towers (SAM ViT-B at 1024 px: 64 x 64 grid, EVA02-B/14), 512 x 512 masks as
     # Pix2Seq-D for 1024 px inputs, 16 bits per pixel (8 class + 8 instance), 6-block decoder
     "base": {

@@ -8,6 +8,10 @@ Sub-config entries are plain dicts of the matching config class's keyword argume
   in seconds. SAM at 128 px with 16 px patches (8 x 8 grid, 32 x 32 masks = S / 4), EVA02 at
   64 px with 8 px patches (the same 8 x 8 grid), a 2 + 2 layer T5 of width 64, and the tiny
   tokenizer shipped in ``model/assets`` (2048 base entries).
+- ``small``: the size the learning benchmarks train from scratch in minutes on one GPU
+  (``benchmarks/learning/``): SAM 6 x 256 at 128 px with 8 px patches (16 x 16 grid, 64 x 64
+  masks), EVA02 4 x 192 at 128 px / 8 px patches (the same grid), a 6 + 6 layer T5 of width 384,
+  the tiny tokenizer; about 37 M parameters.
 - ``base``: SAM ViT-B + EVA02-B/14 at 448 px + T5-base.
 - ``large``: SAM ViT-L + EVA02-L/14 at 448 px + Flan-T5-large.
 - ``pixelllm-xl``: the paper's model, SAM ViT-H + EVA02-L/14 + Flan-T5-XL with LoRA rank 32 on
@@ -145,6 +149,63 @@ PRESETS: dict[str, dict[str, Any]] = {
         "proposal_head_hidden_size": 32,
         "lora_r": 4,
         "lora_alpha": 8,
+        "tokenizer_name_or_path": "pixtok-tiny",
+    },
+    "small": {
+        "vision_config": {
+            "hidden_size": 256,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 8,
+            "global_attn_indexes": [2, 5],
+            "image_size": 128,
+            "patch_size": 8,
+            "output_channels": 128,
+            "num_pos_feats": 64,
+            "window_size": 8,
+            "mlp_dim": 1024,
+        },
+        "prompt_encoder_config": {"mask_input_channels": 8},
+        "mask_decoder_config": {
+            "hidden_size": 128,
+            "mlp_dim": 512,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "iou_head_hidden_dim": 128,
+        },
+        "eva_config": {
+            "img_size": 128,
+            "patch_size": 8,
+            "embed_dim": 192,
+            "depth": 4,
+            "num_heads": 3,
+            "ref_feat_shape": [16, 16],
+            "timm_name": None,
+        },
+        "text_config": {
+            "d_model": 384,
+            "d_kv": 64,
+            "d_ff": 1536,
+            "num_layers": 6,
+            "num_decoder_layers": 6,
+            "num_heads": 6,
+            "feed_forward_proj": "gated-gelu",
+            "tie_word_embeddings": False,
+            "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128,
+            "dropout_rate": 0.0,
+        },
+        "extractor_config": {
+            "hidden_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 8,
+            "mlp_dim": 1024,
+        },
+        "base_vocab_size": TINY_BASE_VOCAB_SIZE,
+        "trace_head_hidden_size": 256,
+        "box_head_hidden_size": 256,
+        "proposal_head_hidden_size": 128,
+        "lora_r": 8,
+        "lora_alpha": 16,
         "tokenizer_name_or_path": "pixtok-tiny",
     },
     "base": {

@@ -103,6 +103,9 @@ class TrainSection:
             epochs and tasks (needs frozen towers and ``augment: false``; see
             :mod:`pixtok.training.feature_cache`).
         cache_max_images: how many images' features the cache keeps in host memory.
+        time_limit_minutes: stop training after this many minutes of steps even if ``max_steps``
+            is not reached, then evaluate and save as usual (a guard for fixed-time benchmarks;
+            the learning-rate schedule still spans ``max_steps``, so set both). ``None``: no limit.
     """
 
     max_steps: int = 300
@@ -128,6 +131,7 @@ class TrainSection:
     gradient_checkpointing: bool = False
     cache_features: bool = False
     cache_max_images: int = 100_000
+    time_limit_minutes: float | None = None
 
 
 @dataclass
@@ -164,10 +168,11 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
             value = tuple(value)
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}.{name}: expected true/false, got {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+        numeric = str(known[name].type) in ("int | None", "float | None")  # optional numbers
+        if (numeric or isinstance(default, (int, float)) and not isinstance(default, bool)) and value is not None:
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
-            value = type(default)(value) if isinstance(default, float) else value
+            value = float(value) if isinstance(default, float) or "float" in str(known[name].type) else value
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -311,6 +311,14 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             )
         if step >= cfg.max_steps:
             break
+        if cfg.time_limit_minutes is not None and step % 10 == 0:
+            over = torch.tensor([float(time.time() - started > 60.0 * cfg.time_limit_minutes)], device=accelerator.device)
+            if accelerator.num_processes > 1:
+                over = accelerator.reduce(over, reduction="sum")  # every process stops at the same step
+            if float(over) > 0:
+                state["stopped_by_time_limit"] = True
+                accelerator.print(f"step {step}: time limit of {cfg.time_limit_minutes} min reached, stopping")
+                break
     bar.close()
     train_seconds = time.time() - started
 
@@ -335,6 +343,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             "step": step,
             "val": metrics,
             "nan_skipped_steps": state.get("nan_skipped_steps", 0),
+            "stopped_by_time_limit": state.get("stopped_by_time_limit", False),
             "train_seconds": round(train_seconds, 2),
             "history": history,
             "pictures": pictures,
