@@ -2,6 +2,11 @@
 
 Each sentence of a narrative is a separate target, as PixelLLM trains: the units of a dataset are
 ``(row, sentence)`` pairs. Words keep their trace point (NaN = none: masked, not dropped).
+
+Task option ``units``: ``"sentence"`` (default, as above) or ``"narrative"`` — one unit per image
+whose target is the whole narrative. Use ``"narrative"`` where nothing in the prompt says which
+sentence is wanted and the metric compares against one reference per unit (the synthetic
+benchmark's two sentences per image: greedy decoding can only ever produce one of them).
 """
 
 from __future__ import annotations
@@ -33,7 +38,15 @@ class CaptionTask(Task):
     main_metric: ClassVar[str] = "CIDEr-D"
     synthetic_kind: ClassVar[str] = "localized_narratives"
 
+    UNITS: ClassVar[tuple[str, ...]] = ("sentence", "narrative")
+    WHOLE: ClassVar[int] = -1  # sub-index of a whole-narrative unit
+
     def items(self, dataset: Any) -> list[tuple[int, int]]:
+        units = self.options.get("units", "sentence")
+        if units not in self.UNITS:
+            raise ValueError(f"caption task: units must be one of {self.UNITS}, got {units!r}")
+        if units == "narrative":
+            return [(row, self.WHOLE) for row, ids in enumerate(dataset["sentence_ids"]) if len(ids)]
         items = []
         for row, ids in enumerate(dataset["sentence_ids"]):
             items += [(row, int(s)) for s in sorted(set(ids))]
@@ -41,7 +54,7 @@ class CaptionTask(Task):
 
     def example(self, row: dict[str, Any], sub_index: int, rng: np.random.Generator | None) -> Example:
         ids = np.asarray(row["sentence_ids"])
-        keep = np.flatnonzero(ids == sub_index)
+        keep = np.arange(len(ids)) if sub_index == self.WHOLE else np.flatnonzero(ids == sub_index)
         words = [row["words"][i] for i in keep]
         points = np.asarray(row["points"], dtype=np.float32).reshape(-1, 2)[keep]
         image = row["image"]

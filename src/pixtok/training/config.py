@@ -169,10 +169,16 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}.{name}: expected true/false, got {value!r}")
         numeric = str(known[name].type) in ("int | None", "float | None")  # optional numbers
-        if (numeric or isinstance(default, (int, float)) and not isinstance(default, bool)) and value is not None:
+        if (
+            numeric or isinstance(default, (int, float)) and not isinstance(default, bool)
+        ) and value is not None:
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
             value = float(value) if isinstance(default, float) or "float" in str(known[name].type) else value
+        if name == "mixed_precision":
+            value = "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+            if value not in ("no", "fp16", "bf16", "fp8"):
+                raise ConfigError(f"{where}.{name}: expected no | fp16 | bf16 | fp8, got {value!r}")
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Run several learning rows at once on the GPUs of one host, then pack results and logs in one file.
+#
+#   benchmarks/learning/gpu_rows.sh OUT_DIR "detection caption referring" [--set key=value ...]
+#
+# Rows go to GPUs round-robin (CUDA_VISIBLE_DEVICES), several to a GPU when there are more rows than
+# GPUs: the `small` preset leaves most of an H100/H200 idle, and each row still has its own time
+# limit (train.time_limit_minutes). The synthetic benchmark is written once, before the rows start.
+# Real COCO rows read ../shared/data/coco_tiny_train, or .data/coco_tiny_train where that is absent
+# (the GPU machine gets only the repository). Leaves OUT_DIR/learning.tgz with results/ (JSON + PNG
+# per row) and logs/.
+set -u
+out=${1:?usage: gpu_rows.sh OUT_DIR "ROWS" [--set k=v ...]}
+row_list=${2:?usage: gpu_rows.sh OUT_DIR "ROWS" [--set k=v ...]}
+shift 2
+cd "$(dirname "$0")/../.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PIXTOK_CACHE=${PIXTOK_CACHE:-/tmp/pixtok-cache}
+work=${LEARNING_WORK:-/tmp/learning}
+mkdir -p "$work/results" "$work/logs" "$out"
+gpus=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
+
+coco=../shared/data/coco_tiny_train
+[ -d "$coco" ] || coco=.data/coco_tiny_train
+start=$(date +%s)
+python3 - "$@" <<'EOF'
+import sys, time
+from pixtok.training.config import load_config
+from pixtok.training.recipe import synthetic_root
+t = time.time()
+root = synthetic_root(load_config("benchmarks/learning/configs/detection.yaml"))
+print(f"synthetic benchmark at {root} ({time.time() - t:.0f} s)", flush=True)
+EOF
+
+i=0
+for row in $row_list; do
+  extra=()
+  case $row in
+    coco_tiny*) extra=(--set "data.paths.annotations=$coco/annotations/instances_train2017.json"
+                       --set "data.paths.images=$coco/train2017") ;;
+  esac
+  CUDA_VISIBLE_DEVICES=$((i % gpus)) python3 benchmarks/learning/run.py "$row" \
+    --output-dir "$work/runs/$row" --results "$work/results" "${extra[@]}" "$@" \
+    > "$work/logs/$row.log" 2>&1 &
+  echo "started $row on GPU $((i % gpus))"
+  i=$((i + 1))
+done
+wait
+echo "all rows done in $(( $(date +%s) - start )) s"
+for row in $row_list; do
+  echo "=== $row"; grep -v "it/s\]\|s/it\]" "$work/logs/$row.log" | tail -6
+done
+tar czf "$out/learning.tgz" -C "$work" results logs
+nvidia-smi --query-gpu=index,memory.used --format=csv 2>/dev/null | head -5

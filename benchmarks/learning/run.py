@@ -1,0 +1,191 @@
+"""Proof of learning: train one row of the learning table from scratch, score it, write its result.
+
+Each row is a recipe file in ``benchmarks/learning/configs/`` run through the same machinery as
+``recipes/*.py`` (:func:`pixtok.training.recipe.run_recipe`): random initialisation, every weight
+trained, the synthetic benchmark's fixed ``val`` split (or, for ``coco_tiny_overfit*``, the 80 real
+COCO training images themselves), evaluation with each task's own metric at the end. The result
+goes to ``benchmarks/results/learning_<row>.json`` (``{"benchmark", "device", "date", "command",
+"metrics"}`` with the issue's headline keys, the targets and whether each is met, the loss history)
+and the validation picture to ``benchmarks/results/learning_<row>.png``.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/learning/run.py detection                 # one GPU, ~8 min
+    PYTHONPATH=src python benchmarks/learning/run.py --list
+    PYTHONPATH=src python benchmarks/learning/run.py caption --set train.max_steps=5 \
+        --set model.preset=tiny --set data.synthetic.num_images=40            # CPU smoke
+
+Under ``accelerate launch`` the row trains on every process (DDP/FSDP from the accelerate config);
+the main process writes the result. ``benchmarks/learning/report.py`` turns the JSON files into the
+table and loss curves of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"
+ROOT = HERE.parents[1]
+
+# row -> (task's metric name in the loop's results -> headline key), per task of the row
+HEADLINES: dict[str, dict[str, dict[str, str]]] = {
+    "detection": {"detection": {"AP": "AP", "AP50": "AP50", "AR100": "AR@100"}},
+    "detection_no_seq_aug": {"detection": {"AP": "AP", "AP50": "AP50", "AR100": "AR@100"}},
+    "caption": {"caption": {"trace_l1": "trace_l1", "CIDEr-D": "CIDEr"}},
+    "referring": {"referring": {"precision@0.5": "P@0.5", "mIoU": "mIoU"}},
+    "region_caption": {"region_caption": {"CIDEr-D": "CIDEr"}},
+    "dense_caption": {"dense_caption": {"mAP": "mAP"}},
+    "panoptic": {"panoptic": {"PQ": "PQ", "SQ": "SQ", "RQ": "RQ"}},
+    "coco_tiny_overfit": {"detection": {"AP": "AP", "AP50": "AP50", "AR100": "AR@100"}},
+    "coco_tiny_overfit_no_seq_aug": {"detection": {"AP": "AP", "AP50": "AP50", "AR100": "AR@100"}},
+}
+# the multitask row reports every task's keys prefixed by the task
+HEADLINES["multitask"] = {
+    task: {name: f"{task}/{key}" for name, key in keys.items()}
+    for row in ("detection", "caption", "referring", "region_caption", "dense_caption")
+    for task, keys in HEADLINES[row].items()
+}
+
+# headline key -> (">=" or "<=", target) from the issue's table
+TARGETS: dict[str, dict[str, tuple[str, float]]] = {
+    "detection": {"AP": (">=", 0.85), "AP50": (">=", 0.95)},
+    "caption": {"trace_l1": ("<=", 0.10), "CIDEr": (">=", 1.0)},
+    "referring": {"P@0.5": (">=", 0.90), "mIoU": (">=", 0.75)},
+    "region_caption": {"CIDEr": (">=", 1.0)},
+    "dense_caption": {"mAP": (">=", 0.30)},
+    "panoptic": {"PQ": (">=", 0.50)},
+    "coco_tiny_overfit": {"AP": (">=", 0.80)},
+}
+
+
+def rows() -> list[str]:
+    """Every row with a config file."""
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{count}x {torch.cuda.get_device_name(0)}" if count > 1 else torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def headline_metrics(row: str, val: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The row's headline keys picked out of the loop's ``{task: {metric: value}}``."""
+    out: dict[str, float] = {}
+    for task, keys in HEADLINES.get(row, {}).items():
+        for name, key in keys.items():
+            value = val.get(task, {}).get(name)
+            if value is not None:
+                out[key] = float(value)
+    return out
+
+
+def check_targets(row: str, metrics: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """``{key: {"target": "≥ 0.85", "value": …, "met": bool}}`` for the row's targets."""
+    checks = {}
+    for key, (op, target) in TARGETS.get(row, {}).items():
+        value = metrics.get(key)
+        met = value is not None and (value >= target if op == ">=" else value <= target)
+        checks[key] = {"target": f"{op} {target}", "value": value, "met": bool(met)}
+    return checks
+
+
+def count_parameters(output_dir: Path) -> int | None:
+    """Parameters of the saved model, read from its safetensors headers (no weights loaded)."""
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(output_dir.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not iterable
+                total += math.prod(handle.get_slice(name).get_shape())
+    return total or None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("row", nargs="?", help="a row: " + ", ".join(rows()))
+    parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    parser.add_argument("--output-dir", help="run folder (default: the config's train.output_dir)")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where JSON + PNG go")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    args = parser.parse_args(argv)
+    if args.list or not args.row:
+        print("\n".join(rows()))
+        return {}
+    if args.row not in rows():
+        parser.error(f"unknown row {args.row!r}; rows: {', '.join(rows())}")
+
+    from pixtok.training.config import load_config
+    from pixtok.training.recipe import run_recipe
+
+    overrides: dict[str, Any] = {"train.output_dir": args.output_dir}
+    for item in args.set:
+        if "=" not in item:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    recipe = load_config(CONFIGS / f"{args.row}.yaml", overrides)
+    result = run_recipe(recipe)
+    if not result:  # not the main process
+        return {}
+
+    out_dir = Path(recipe.train.output_dir)
+    metrics = headline_metrics(args.row, result["val"])
+    targets = check_targets(args.row, metrics)
+    history = result.get("history", [])
+    payload = {
+        "benchmark": f"learning_{args.row}",
+        "device": device_name(),
+        "date": dt.date.today().isoformat(),
+        "command": "PYTHONPATH=src python benchmarks/learning/run.py "
+        + " ".join([args.row, *(f"--set {s}" for s in args.set)]),
+        "metrics": metrics,
+        "targets": targets,
+        "all_metrics": result["val"],
+        "steps": result["step"],
+        "train_seconds": result["train_seconds"],
+        "stopped_by_time_limit": result.get("stopped_by_time_limit", False),
+        "nan_skipped_steps": result.get("nan_skipped_steps", 0),
+        "parameters": count_parameters(out_dir),
+        "config": recipe.to_dict(),
+        "history": history,
+    }
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"learning_{args.row}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    for task, picture in result.get("pictures", {}).items():
+        name = (
+            f"learning_{args.row}.png" if len(result["pictures"]) == 1 else f"learning_{args.row}_{task}.png"
+        )
+        shutil.copyfile(out_dir / picture, results / name)
+
+    print(f"\n{args.row}: {result['step']} steps in {result['train_seconds']:.0f} s on {payload['device']}")
+    for key, value in metrics.items():
+        check = targets.get(key)
+        verdict = (
+            "" if check is None else f"  target {check['target']}: {'met' if check['met'] else 'NOT met'}"
+        )
+        print(f"  {key:>24s} {value:.4f}{verdict}")
+    return payload
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

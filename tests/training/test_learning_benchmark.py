@@ -1,0 +1,106 @@
+"""The proof-of-learning runner (benchmarks/learning/run.py) and its report, on the tiny preset."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pixtok.training.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+LEARNING = ROOT / "benchmarks" / "learning"
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(f"learning_{name}", LEARNING / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("row", sorted(p.stem for p in (LEARNING / "configs").glob("*.yaml")))
+def test_every_row_config_is_valid_and_names_its_headlines(row):
+    run = _module("run")
+    recipe = load_config(LEARNING / "configs" / f"{row}.yaml")
+    assert recipe.train.time_limit_minutes and recipe.train.time_limit_minutes <= 10
+    assert row in run.HEADLINES, "a row without headline keys would write an empty result"
+    tasks = set(run.HEADLINES[row])
+    assert tasks == set(recipe.tasks)
+
+
+def test_run_writes_result_json_and_picture_and_report_tables_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXTOK_CACHE", str(tmp_path / "cache"))
+    run, report = _module("run"), _module("report")
+    results = tmp_path / "results"
+    payload = run.main(
+        [
+            "caption",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--results",
+            str(results),
+            "--set",
+            "model.preset=tiny",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "train.num_workers=0",
+            "--set",
+            "train.mixed_precision=no",
+            "--set",
+            "train.log_every=1",
+            "--set",
+            "data.num_val=2",
+            "--set",
+            "data.synthetic.num_images=20",
+        ]
+    )
+    written = json.loads((results / "learning_caption.json").read_text())
+    assert written["benchmark"] == "learning_caption"
+    assert set(written["metrics"]) == {"trace_l1", "CIDEr"}
+    assert written["steps"] == 2 and len(written["history"]) == 2
+    assert written["targets"]["trace_l1"]["target"] == "<= 0.1"
+    assert written["parameters"] == payload["parameters"] > 0
+    assert (results / "learning_caption.png").stat().st_size > 0
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\nbefore\n")
+    text = report.main(["--results", str(results), "--markdown", str(md)])
+    assert "| caption | trace_l1 |" in text
+    body = md.read_text()
+    assert body.startswith("# Results\n\nbefore\n") and report.START in body
+    report.main(["--results", str(results), "--markdown", str(md)])  # idempotent: one block
+    assert md.read_text().count(report.START) == 1
+
+
+def test_headline_targets_check_both_directions():
+    run = _module("run")
+    checks = run.check_targets("caption", {"trace_l1": 0.09, "CIDEr": 0.5})
+    assert checks["trace_l1"]["met"] and not checks["CIDEr"]["met"]
+    assert not run.check_targets("detection", {})["AP"]["met"]  # a missing figure is not met
+
+
+def test_caption_units_option():
+    from pixtok.tasks import build_task
+
+    rows = {"sentence_ids": [[0, 0, 1, 1, 1], [0, 0], []]}
+    assert build_task("caption").items(rows) == [(0, 0), (0, 1), (1, 0)]
+    whole = build_task("caption", units="narrative")
+    assert whole.items(rows) == [(0, -1), (1, -1)]  # the empty narrative is not a unit
+    row = {
+        "sentence_ids": [0, 0, 1],
+        "words": ["a", "b", "c"],
+        "points": [[0, 0], [1, 1], [2, 2]],
+        "image": None,
+    }
+    assert whole.example(row, -1, None).reference["text"] == "a b c"
+    with pytest.raises(ValueError, match="units"):
+        build_task("caption", units="paragraph").items(rows)
+
+
+def test_time_limit_must_be_a_number():
+    with pytest.raises(ConfigError, match="time_limit_minutes"):
+        load_config(None, {"train.time_limit_minutes": "soon"})
+    assert load_config(None, {"train.mixed_precision": False}).train.mixed_precision == "no"
