@@ -34,6 +34,51 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     assert _digest(a)["images/train/000000000001.jpg"] != _digest(c)["images/train/000000000001.jpg"]
 
 
+def test_workers_do_not_change_a_byte(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    summary = synthetic.write_benchmark(one, seed=2, num_images=12, image_size=64, workers=1)
+    parallel = synthetic.write_benchmark(two, seed=2, num_images=12, image_size=64, workers=2)
+    assert summary["workers"] == 1 and parallel["workers"] == 2
+    digest = _digest(one)
+    assert len(digest) == 2 * 12 + 3 * 5 + 3 + 1  # JPEG + PNG per image, 5 per split, refcoco, summary
+    assert _digest(two) == digest  # images (workers), annotations and refs (main process, running ids)
+    assert {k: v for k, v in parallel.items() if k not in ("seconds", "cpu_seconds", "workers")} == {
+        k: v for k, v in summary.items() if k not in ("seconds", "cpu_seconds", "workers")
+    }
+
+
+@pytest.mark.parametrize("workers", [-1, 1.5, "2", True])
+def test_bad_workers_raise(tmp_path: Path, workers: object) -> None:
+    with pytest.raises(ValueError, match="workers must be"):
+        synthetic.write_benchmark(tmp_path, num_images=2, image_size=32, workers=workers)  # type: ignore[arg-type]
+
+
+def test_recipe_cache_key_ignores_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pixtok.training import recipe as recipe_module
+    from pixtok.training.config import RecipeConfig
+
+    calls = []
+
+    def fake_write(out: Path, **options: object) -> dict:
+        calls.append(options)
+        Path(out).mkdir(parents=True)
+        return {}
+
+    monkeypatch.setattr(synthetic, "write_benchmark", fake_write)
+    config = RecipeConfig()
+    config.data.cache_dir = str(tmp_path)
+    config.data.synthetic = {"num_images": 6}
+    default_root = recipe_module.synthetic_root(config)
+    config.data.synthetic = {"num_images": 6, "workers": 3}
+    assert recipe_module.synthetic_root(config) == default_root  # cached: same key, not rewritten
+    assert len(calls) == 1 and 1 <= calls[0].pop("workers") <= 16  # type: ignore[operator]
+    assert calls[0] == {"seed": 0, "num_images": 6, "image_size": 128}
+    assert json.loads((default_root / "COMPLETE").read_text()) == calls[0]
+    config.data.cache_dir = str(tmp_path / "other")
+    recipe_module.synthetic_root(config)
+    assert calls[1]["workers"] == 3
+
+
 def test_splits_are_fixed_by_index() -> None:
     splits = [synthetic.split_of(i, 20) for i in range(20)]
     assert splits == ["train"] * 16 + ["val"] * 2 + ["test"] * 2
@@ -138,6 +183,8 @@ def test_cli_arguments_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert synthetic.run(args) == 0
     out = capsys.readouterr().out
     assert "wrote 4 images of 40px" in out and "images/s" in out
+    assert args.workers == 0  # default: every available CPU (capped at the image count)
+    assert parser.parse_args(["--out", "x", "--workers", "3"]).workers == 3
     assert (tmp_path / "s/refcoco/refs(synthetic).p").is_file()
     with pytest.raises(ValueError, match="kind must be one of"):
         D.load("synthetic", root=tmp_path / "s", kind="cityscapes")

@@ -1,6 +1,6 @@
 """The synthetic benchmark: shape scenes written in the real on-disk formats, read back by the loaders.
 
-``write_benchmark(out_dir, seed, num_images)`` renders scenes of coloured shapes (things) on two
+``write_benchmark(out_dir, seed, num_images, workers=…)`` renders scenes of coloured shapes (things) on two
 textured background regions (stuff), with occlusion, and writes for the same images:
 
 ``images/<split>/<id>.jpg``                        the RGB scenes (JPEG, quality 95)
@@ -15,7 +15,9 @@ textured background regions (stuff), with occlusion, and writes for the same ima
 
 Splits are fixed by image index (first 80 % train, next 10 % val, rest test); every image is drawn
 from its own generator ``numpy.random.default_rng([seed, index])``, and every file is written with
-sorted keys and deterministic encoders: the same arguments give byte-identical folders.
+sorted keys and deterministic encoders: the same arguments give byte-identical folders, whatever
+the number of ``workers`` (processes rendering and encoding images in parallel; the main process
+numbers the annotations in index order, as one process does).
 ``load_synthetic(root, split, kind)`` (``pixtok.data.load("synthetic", root=…, split=…, kind=…)``)
 reads a folder back through the real loaders; ``kind`` is one of :data:`KINDS`.
 """
@@ -25,8 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import multiprocessing.context
 import os
 import pickle
+import sys
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -418,12 +423,115 @@ def _categories() -> tuple[list[dict], list[dict]]:
     return things, stuff
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one, else
+    ``os.cpu_count()``): the ``workers=0`` / ``None`` default of :func:`write_benchmark`."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every image of one :func:`write_benchmark` call shares (picklable, small)."""
+
+    root: str
+    seed: int
+    num_images: int
+    image_size: int
+    max_objects: int
+
+
+def _image_record(job: _Job, textures: dict[str, np.ndarray], index: int) -> dict:
+    """Render image ``index``, write its JPEG and panoptic PNG, and return the rest as plain data.
+
+    Nothing here depends on another image: the record holds image-local values only (segment ids
+    1…n, no annotation / region / sentence / ref ids), so it can be made in any process and the
+    caller numbers the records in index order. Everything drawn from the image's generator
+    (scene, then narrative) is drawn here, in the sequential order.
+    """
+    rng = np.random.default_rng([job.seed, index])
+    scene = render_scene(rng, job.image_size, job.max_objects, textures)
+    split = split_of(index, job.num_images)
+    image_id = index + 1
+    PIL.Image.fromarray(scene.image).save(
+        os.path.join(job.root, "images", split, f"{image_id:012d}.jpg"), quality=JPEG_QUALITY
+    )
+    ids = np.zeros((job.image_size, job.image_size), dtype=np.uint8)  # segment ids < 256 (max_objects)
+    visible = scene.things
+    unique = [_unique_words(j, visible) for j in range(len(visible))]
+    things = []
+    for k, thing in enumerate(visible):
+        ids[thing.coords] = k + 1
+        things.append(
+            {
+                "category_id": SHAPES.index(thing.shape) + 1,
+                "bbox": _bbox_xywh(thing),
+                "area": len(thing.coords[0]),
+                "segmentation": _rle(thing.mask),
+                "expressions": referring_expressions(k, visible, unique),
+                "phrase": thing.phrase,
+            }
+        )
+    stuff = []
+    for k, region in enumerate(scene.stuff):
+        ids[region.mask] = len(visible) + k + 1
+        stuff.append(
+            {"name": region.name, "bbox": _bbox_xywh(region), "area": int(np.count_nonzero(region.mask))}
+        )
+    rgb = np.zeros((job.image_size, job.image_size, 3), dtype=np.uint8)
+    rgb[..., 0] = ids  # id = R + 256 G + 256^2 B with G = B = 0
+    PIL.Image.fromarray(rgb).save(
+        os.path.join(job.root, "panoptic", split, f"{image_id:012d}.png"), compress_level=1
+    )
+    record = {
+        "dataset_id": "pixtok_synthetic",
+        "image_id": str(image_id),
+        "annotator_id": 0,
+        "voice_recording": "",
+        **narrative(scene, rng, job.image_size),
+    }
+    return {
+        "index": index,
+        "things": things,
+        "stuff": stuff,
+        "narrative": json.dumps(record, sort_keys=True, separators=(",", ":")),
+    }
+
+
+_WORKER_STATE: tuple[_Job, dict[str, np.ndarray]] | None = None  # set in each pool worker
+
+
+def _init_worker(job: _Job) -> None:
+    """Pool initializer: the job and its texture bank (recomputed here, deterministic, so
+    nothing large crosses the process boundary and any start method works)."""
+    global _WORKER_STATE
+    _WORKER_STATE = (job, texture_bank(job.image_size, job.seed))
+
+
+def _worker_record(index: int) -> dict:
+    assert _WORKER_STATE is not None, "_init_worker did not run in this process"
+    return _image_record(*_WORKER_STATE, index)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """``fork`` on Linux: workers start in milliseconds and need no re-import of pixtok (whose
+    package import pulls in ``datasets``); they use only numpy / PIL / pycocotools, never torch or
+    CUDA, so forking a process that has imported torch (or initialized CUDA) is safe here.
+    Elsewhere (macOS, Windows) ``spawn``: the worker functions are module-level and the
+    initializer rebuilds its state, so nothing depends on inherited memory."""
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(method)
+
+
 def write_benchmark(
     out_dir: str | os.PathLike,
     seed: int = 0,
     num_images: int = 1000,
     image_size: int = DEFAULT_IMAGE_SIZE,
     max_objects: int = MAX_OBJECTS,
+    workers: int | None = 1,
 ) -> dict:
     """Render ``num_images`` scenes and write every format (see the module docstring).
 
@@ -433,17 +541,28 @@ def write_benchmark(
         num_images: total images over the three splits (at least 1).
         image_size: side of the square images, pixels (at least 32).
         max_objects: at most this many shapes per image.
+        workers: processes rendering and encoding images (``0`` or ``None``: every available
+            CPU, :func:`available_cpus`; at most ``num_images`` are started). It never changes
+            the output: each image depends only on ``(seed, index)``, workers write its JPEG and
+            PNG and return plain records, and this process numbers annotations, regions,
+            sentences and refs in index order, as one process does.
 
     Returns:
         The ``benchmark.json`` summary (arguments, per-split image / object / ref / region counts)
-        plus ``seconds`` (wall) and ``cpu_seconds`` (this process's CPU time).
+        plus ``seconds`` (wall), ``cpu_seconds`` (CPU time of this process and its workers) and
+        ``workers`` (processes used) — the last three are not written to ``benchmark.json``.
     """
     if num_images < 1 or image_size < 32 or not 1 <= max_objects <= 250 or seed < 0:
         raise ValueError(
             "need num_images >= 1, image_size >= 32, 1 <= max_objects <= 250, seed >= 0; "
             f"got {num_images}, {image_size}, {max_objects}, {seed}"
         )
-    started, cpu_started = time.perf_counter(), time.process_time()
+    if workers is None or (isinstance(workers, int) and not isinstance(workers, bool) and workers == 0):
+        workers = available_cpus()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 1, or 0 / None for every CPU; got {workers!r}")
+    workers = min(workers, num_images)
+    started, cpu_started, children_started = time.perf_counter(), time.process_time(), os.times()
     root = os.fspath(out_dir)
     split_names = [name for name, _ in SPLITS]
     for sub in ("annotations", "refcoco", "visual_genome"):
@@ -451,7 +570,7 @@ def write_benchmark(
     for name in split_names:
         os.makedirs(os.path.join(root, "images", name), exist_ok=True)
         os.makedirs(os.path.join(root, "panoptic", name), exist_ok=True)
-    textures = texture_bank(image_size, seed)
+    job = _Job(root, seed, num_images, image_size, max_objects)
     thing_cats, stuff_cats = _categories()
     stuff_id = {c["name"]: c["id"] for c in stuff_cats}
     coco = {n: {"images": [], "annotations": [], "categories": thing_cats} for n in split_names}
@@ -464,124 +583,120 @@ def write_benchmark(
     refs: list[dict] = []
     ref_images, ref_annotations = [], []
     ann_id = region_id = sent_id = 0
-    for index in range(num_images):
-        rng = np.random.default_rng([seed, index])
-        scene = render_scene(rng, image_size, max_objects, textures)
-        split = split_of(index, num_images)
-        image_id = index + 1
-        file_name = f"{split}/{image_id:012d}.jpg"  # COCO naming, so LN ids resolve
-        PIL.Image.fromarray(scene.image).save(os.path.join(root, "images", file_name), quality=JPEG_QUALITY)
-        entry = {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
-        coco[split]["images"].append(entry)
-        panoptic[split]["images"].append(entry)
-        ref_images.append(entry)
-        vg_images[split].append(
-            {
-                "image_id": image_id,
-                "width": image_size,
-                "height": image_size,
-                "url": f"synthetic/{file_name}",
-                "coco_id": image_id,
-                "flickr_id": None,
-            }
-        )
-        ids = np.zeros((image_size, image_size), dtype=np.uint8)  # segment ids < 256 (see max_objects check)
-        segments, regions = [], []
-        visible = scene.things
-        unique = [_unique_words(j, visible) for j in range(len(visible))]
-        for k, thing in enumerate(visible):
-            ann_id += 1
-            bbox = _bbox_xywh(thing)
-            area = len(thing.coords[0])
-            category = SHAPES.index(thing.shape) + 1
-            annotation = {
-                "id": ann_id,
-                "image_id": image_id,
-                "category_id": category,
-                "bbox": bbox,
-                "area": area,
-                "iscrowd": 0,
-                "segmentation": _rle(thing.mask),
-            }
-            coco[split]["annotations"].append(annotation)
-            ref_annotations.append(annotation)
-            segment_id = k + 1
-            ids[thing.coords] = segment_id
-            segments.append(
-                {"id": segment_id, "category_id": category, "iscrowd": 0, "bbox": bbox, "area": area}
+    pool = None
+    if workers > 1:
+        pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(job,))
+        # ~8 chunks per worker balances the load; at most 64 images per chunk keeps the
+        # records in flight (small: no pixels, the images are already on disk) bounded.
+        chunksize = max(1, min(64, num_images // (8 * workers)))
+        records = pool.imap(_worker_record, range(num_images), chunksize=chunksize)
+    else:
+        textures = texture_bank(image_size, seed)
+        records = (_image_record(job, textures, index) for index in range(num_images))
+    try:
+        for index, record in enumerate(records):
+            assert record["index"] == index, "records must arrive in index order"
+            split = split_of(index, num_images)
+            image_id = index + 1
+            file_name = f"{split}/{image_id:012d}.jpg"  # COCO naming, so LN ids resolve
+            entry = {"id": image_id, "file_name": file_name, "width": image_size, "height": image_size}
+            coco[split]["images"].append(entry)
+            panoptic[split]["images"].append(entry)
+            ref_images.append(entry)
+            vg_images[split].append(
+                {
+                    "image_id": image_id,
+                    "width": image_size,
+                    "height": image_size,
+                    "url": f"synthetic/{file_name}",
+                    "coco_id": image_id,
+                    "flickr_id": None,
+                }
             )
-            expressions = referring_expressions(k, visible, unique)
-            if expressions:
-                sentences = []
-                for text in expressions:
-                    sent_id += 1
-                    sentences.append({"raw": text, "sent": text, "sent_id": sent_id, "tokens": text.split()})
-                refs.append(
+            segments, regions = [], []
+            for k, thing in enumerate(record["things"]):
+                ann_id += 1
+                bbox, area, category = thing["bbox"], thing["area"], thing["category_id"]
+                annotation = {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": bbox,
+                    "area": area,
+                    "iscrowd": 0,
+                    "segmentation": thing["segmentation"],
+                }
+                coco[split]["annotations"].append(annotation)
+                ref_annotations.append(annotation)
+                segments.append(
+                    {"id": k + 1, "category_id": category, "iscrowd": 0, "bbox": bbox, "area": area}
+                )
+                expressions = thing["expressions"]
+                if expressions:
+                    sentences = []
+                    for text in expressions:
+                        sent_id += 1
+                        sentences.append(
+                            {"raw": text, "sent": text, "sent_id": sent_id, "tokens": text.split()}
+                        )
+                    refs.append(
+                        {
+                            "ref_id": len(refs) + 1,
+                            "ann_id": ann_id,
+                            "image_id": image_id,
+                            "split": split,
+                            "category_id": category,
+                            "file_name": file_name,
+                            "sentences": sentences,
+                            "sent_ids": [s["sent_id"] for s in sentences],
+                        }
+                    )
+                region_id += 1
+                regions.append(
                     {
-                        "ref_id": len(refs) + 1,
-                        "ann_id": ann_id,
+                        "region_id": region_id,
                         "image_id": image_id,
-                        "split": split,
-                        "category_id": category,
-                        "file_name": file_name,
-                        "sentences": sentences,
-                        "sent_ids": [s["sent_id"] for s in sentences],
+                        "phrase": expressions[-1][4:] if expressions else thing["phrase"],
+                        "x": int(bbox[0]),
+                        "y": int(bbox[1]),
+                        "width": int(bbox[2]),
+                        "height": int(bbox[3]),
                     }
                 )
-            region_id += 1
-            regions.append(
-                {
-                    "region_id": region_id,
-                    "image_id": image_id,
-                    "phrase": expressions[-1][4:] if expressions else thing.phrase,
-                    "x": int(bbox[0]),
-                    "y": int(bbox[1]),
-                    "width": int(bbox[2]),
-                    "height": int(bbox[3]),
-                }
+            for k, region in enumerate(record["stuff"]):
+                bbox = region["bbox"]
+                segments.append(
+                    {
+                        "id": len(record["things"]) + k + 1,
+                        "category_id": stuff_id[region["name"]],
+                        "iscrowd": 0,
+                        "bbox": bbox,
+                        "area": region["area"],
+                    }
+                )
+                region_id += 1
+                regions.append(
+                    {
+                        "region_id": region_id,
+                        "image_id": image_id,
+                        "phrase": f"the {region['name']} in the background",
+                        "x": int(bbox[0]),
+                        "y": int(bbox[1]),
+                        "width": int(bbox[2]),
+                        "height": int(bbox[3]),
+                    }
+                )
+            panoptic[split]["annotations"].append(
+                {"image_id": image_id, "file_name": f"{image_id:012d}.png", "segments_info": segments}
             )
-        for k, region in enumerate(scene.stuff):
-            segment_id = len(visible) + k + 1
-            ids[region.mask] = segment_id
-            bbox = _bbox_xywh(region)
-            segments.append(
-                {
-                    "id": segment_id,
-                    "category_id": stuff_id[region.name],
-                    "iscrowd": 0,
-                    "bbox": bbox,
-                    "area": int(np.count_nonzero(region.mask)),
-                }
-            )
-            region_id += 1
-            regions.append(
-                {
-                    "region_id": region_id,
-                    "image_id": image_id,
-                    "phrase": f"the {region.name} in the background",
-                    "x": int(bbox[0]),
-                    "y": int(bbox[1]),
-                    "width": int(bbox[2]),
-                    "height": int(bbox[3]),
-                }
-            )
-        png_name = f"{image_id:012d}.png"
-        rgb = np.zeros((image_size, image_size, 3), dtype=np.uint8)
-        rgb[..., 0] = ids  # id = R + 256 G + 256^2 B with G = B = 0
-        PIL.Image.fromarray(rgb).save(os.path.join(root, "panoptic", split, png_name), compress_level=1)
-        panoptic[split]["annotations"].append(
-            {"image_id": image_id, "file_name": png_name, "segments_info": segments}
-        )
-        story = narrative(scene, rng, image_size)
-        record = {
-            "dataset_id": "pixtok_synthetic",
-            "image_id": str(image_id),
-            "annotator_id": 0,
-            "voice_recording": "",
-            **story,
-        }
-        narratives[split].append(json.dumps(record, sort_keys=True, separators=(",", ":")))
-        vg_regions[split].append({"id": image_id, "regions": regions})
+            narratives[split].append(record["narrative"])
+            vg_regions[split].append({"id": image_id, "regions": regions})
+        if pool is not None:
+            pool.close()
+            pool.join()  # reaped, so the workers' CPU time shows in os.times() below
+    finally:
+        if pool is not None:
+            pool.terminate()  # no-op after a clean join; stops the workers after an error
 
     counts = {}
     for name in split_names:
@@ -618,10 +733,15 @@ def write_benchmark(
         "splits": counts,
     }
     _dump(os.path.join(root, "benchmark.json"), summary)
+    children = os.times()
+    children_cpu = (children.children_user - children_started.children_user) + (
+        children.children_system - children_started.children_system
+    )
     return {
         **summary,
         "seconds": time.perf_counter() - started,
-        "cpu_seconds": time.process_time() - cpu_started,
+        "cpu_seconds": time.process_time() - cpu_started + children_cpu,
+        "workers": workers,
     }
 
 
@@ -629,7 +749,8 @@ def write_benchmark(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``pixtok synth`` options (``--out --seed --num-images --image-size --max-objects``)."""
+    """Add ``pixtok synth`` options (``--out --seed --num-images --image-size --max-objects
+    --workers``)."""
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--num-images", type=int, default=1000, help="images over all splits (default 1000)")
@@ -645,19 +766,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=MAX_OBJECTS,
         help=f"shapes per image at most (default {MAX_OBJECTS})",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes rendering and encoding images (default 0: every available CPU; "
+        "1: no pool); the output is byte-identical for any value",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the benchmark for parsed ``args``; print counts and throughput. Returns exit code 0."""
-    summary = write_benchmark(args.out, args.seed, args.num_images, args.image_size, args.max_objects)
+    """Write the benchmark for parsed ``args``; print counts and throughput. Returns exit code 0.
+
+    ``args.workers`` may be absent (callers that build the namespace by hand): one process."""
+    summary = write_benchmark(
+        args.out, args.seed, args.num_images, args.image_size, args.max_objects, getattr(args, "workers", 1)
+    )
     rate = summary["num_images"] / max(summary["seconds"], 1e-9)
     cpu_rate = summary["num_images"] / max(summary["cpu_seconds"], 1e-9)
     for name, counts in summary["splits"].items():
         print(f"{name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    processes = "one process" if summary["workers"] == 1 else f"{summary['workers']} worker processes"
     print(
         f"wrote {summary['num_images']} images of {summary['image_size']}px to {args.out} in "
-        f"{summary['seconds']:.2f} s ({rate:.0f} images/s wall, {cpu_rate:.0f} images/s per CPU second, one process)"
+        f"{summary['seconds']:.2f} s ({rate:.0f} images/s wall, {cpu_rate:.0f} images/s per CPU second, "
+        f"{processes})"
     )
     return 0
 
@@ -684,6 +818,7 @@ __all__ = [
     "Scene",
     "Thing",
     "add_arguments",
+    "available_cpus",
     "load_synthetic",
     "main",
     "narrative",

@@ -25,16 +25,22 @@ DEFAULT_CACHE = Path(os.environ.get("PIXTOK_CACHE", Path.home() / ".cache" / "pi
 
 # --- data ----------------------------------------------------------------------------------------
 def synthetic_root(recipe: RecipeConfig) -> Path:
-    """The synthetic benchmark folder for these options, written on first use (main process first)."""
+    """The synthetic benchmark folder for these options, written on first use (main process first).
+
+    Written by up to 16 worker processes (``data.synthetic.workers`` overrides); ``workers`` is not
+    part of the folder's key, since the writer's output does not depend on it."""
     from ..data import synthetic
 
     options = {"seed": 0, "num_images": 160, "image_size": 128, **recipe.data.synthetic}
+    workers = options.pop("workers", None)
+    if workers is None:
+        workers = min(synthetic.available_cpus(), 16)
     key = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
     cache = Path(recipe.data.cache_dir) if recipe.data.cache_dir else DEFAULT_CACHE
     root = cache / f"synthetic-{key}"
     if not (root / "COMPLETE").is_file():
         tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-        synthetic.write_benchmark(tmp, **options)
+        synthetic.write_benchmark(tmp, **options, workers=workers)
         (tmp / "COMPLETE").write_text(json.dumps(options))
         try:
             os.replace(tmp, root)
