@@ -342,3 +342,17 @@ def test_cached_tower_features_replace_the_pixels() -> None:
         model(**batch, image_embeddings=features.sam)
     with pytest.raises(ValueError, match=r"fused_features must be \(2, 64, 8, 8\)"):
         model(**batch, image_embeddings=features.sam, fused_features=features.sam)
+
+
+def test_proposal_assignment_keeps_edge_boxes_in_the_grid_in_bf16():
+    """A box centred on the image's right/bottom edge lands in the last cell, also in bf16 (where
+    1 - 1e-6 rounds to 1.0: the old coordinate clamp put it in cell g, out of range)."""
+    from pixtok.model.heads import ProposalHead
+
+    grid = 16
+    boxes = torch.tensor([[[0.9, 0.9, 1.0, 1.0], [0.0, 0.0, 0.05, 0.05], [0.98, 0.5, 1.02, 0.6]]])
+    for dtype in (torch.float32, torch.bfloat16):
+        positive, targets = ProposalHead.assign(boxes.to(dtype), torch.ones(1, 3, dtype=torch.bool), grid)
+        cells = sorted(torch.nonzero(positive[0]).flatten().tolist())
+        assert cells == [0, 8 * grid + grid - 1, grid * grid - 1], dtype
+        assert targets.shape == (1, grid * grid, 4)

@@ -260,8 +260,9 @@ class ProposalHead(nn.Module):
             positive (B, g*g) bool and box targets (B, g*g, 4) (zeros on negative cells).
         """
         b, n, _ = gt_boxes.shape
-        centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
-        cells = (centres.clamp(0, 1 - 1e-6) * grid).floor().long()
+        centres = (gt_boxes[..., :2].float() + gt_boxes[..., 2:].float()) / 2
+        # clamp the cell, not the coordinate: in bf16, 1 - 1e-6 rounds to 1.0 (cell g, out of range)
+        cells = (centres * grid).floor().long().clamp(0, grid - 1)
         cell_index = cells[..., 1] * grid + cells[..., 0]  # (B, N)
         area = (gt_boxes[..., 2:] - gt_boxes[..., :2]).clamp(min=0).prod(-1)
         positive = torch.zeros(b, grid * grid, dtype=torch.bool, device=gt_boxes.device)
