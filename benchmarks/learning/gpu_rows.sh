@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run several learning rows at once on the GPUs of one host, then pack results and logs in one file.
 #
-#   benchmarks/learning/gpu_rows.sh OUT_DIR "detection caption referring" [--set key=value ...]
+#   benchmarks/learning/gpu_rows.sh OUT_DIR "detection:2600 caption referring" [--set key=value ...]
 #
+# A row may carry its own step count (row:steps, train.max_steps of that row); --set applies to all.
 # Rows go to GPUs round-robin (CUDA_VISIBLE_DEVICES), several to a GPU when there are more rows than
 # GPUs: the `small` preset leaves most of an H100/H200 idle, and each row still has its own time
 # limit (train.time_limit_minutes). The synthetic benchmark is written once, before the rows start.
@@ -34,10 +35,12 @@ print(f"synthetic benchmark at {root} ({time.time() - t:.0f} s)", flush=True)
 EOF
 
 i=0
-for row in $row_list; do
+for entry in $row_list; do
+  row=${entry%%:*}
   extra=()
+  [ "$entry" != "$row" ] && extra+=(--set "train.max_steps=${entry#*:}")
   case $row in
-    coco_tiny*) extra=(--set "data.paths.annotations=$coco/annotations/instances_train2017.json"
+    coco_tiny*) extra+=(--set "data.paths.annotations=$coco/annotations/instances_train2017.json"
                        --set "data.paths.images=$coco/train2017") ;;
   esac
   CUDA_VISIBLE_DEVICES=$((i % gpus)) python3 benchmarks/learning/run.py "$row" \
@@ -48,7 +51,8 @@ for row in $row_list; do
 done
 wait
 echo "all rows done in $(( $(date +%s) - start )) s"
-for row in $row_list; do
+for entry in $row_list; do
+  row=${entry%%:*}
   echo "=== $row"; grep -v "it/s\]\|s/it\]" "$work/logs/$row.log" | tail -6
 done
 tar czf "$out/learning.tgz" -C "$work" results logs
