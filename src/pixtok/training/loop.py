@@ -14,10 +14,25 @@ What it guarantees:
 * a non-finite loss skips its optimizer step on every process and is counted, never trained on;
 * evaluation with each task's metric every ``eval_every`` steps and at the end;
 * TensorBoard logging through accelerate's trackers; a progress bar on the main process.
+
+With several processes (``accelerate launch``, ``recipes/accelerate/ddp.yaml`` / ``fsdp.yaml``):
+* process ``r`` of ``W`` trains on samples ``r*B … r*B+B-1`` of each ``W*B`` global batch
+  (:class:`~pixtok.training.sampling.SampleStream`); a micro-batch's processor randomness (object
+  order, Pix2Seq noise boxes) is keyed by its first sample, so ``W`` processes at batch ``B`` see
+  exactly the batches of one process at batch ``B`` with ``W``-step gradient accumulation (one task);
+* the logged training losses are means over processes (each process's loss is a mean over its own
+  micro-batch, as DDP's gradient is); ``history`` entries carry ``seconds`` (training time, without
+  periodic evaluation and checkpoints) and ``samples`` (``step * global batch``) for throughput;
+* evaluation and ``save_pretrained`` run on the main process on a full model: the prepared model
+  itself under DDP; under FSDP a full copy kept on the main process (made before sharding) into
+  which every process gathers ``accelerator.get_state_dict(model)`` — a collective;
+* checkpoints (``save_state``) are written by every process (FSDP: sharded).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import time
@@ -27,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from accelerate import Accelerator
@@ -73,7 +88,13 @@ class TaskData:
 
 
 class BatchMaker:
-    """Builds micro-batch ``m`` (picklable, so it can run in dataloader workers)."""
+    """Builds micro-batch ``m`` (picklable, so it can run in dataloader workers).
+
+    The processor's batch-level randomness (object order, Pix2Seq noise boxes drawn across the
+    batch) comes from a generator keyed by the micro-batch's first global sample index, not by
+    ``m``: with one task, ``W`` processes at batch ``B`` then build exactly the micro-batches of one
+    process at batch ``B`` with ``W``-step gradient accumulation.
+    """
 
     def __init__(self, tasks: Sequence[TaskData], processor: Any, mixture: TaskMixture) -> None:
         self.tasks = tasks
@@ -88,7 +109,7 @@ class BatchMaker:
             item, rng = self.mixture.item_of(t, j)
             row, sub = data.train_items[item]
             examples.append(data.task.example(data.train[row], sub, rng))
-        batch_rng = sample_rng(self.mixture.seed, micro_batch, stream=4)
+        batch_rng = sample_rng(self.mixture.seed, indices[0] if indices else micro_batch, stream=4)
         batch = dict(data.task.collate(examples, self.processor, rng=batch_rng))
         batch["_image_keys"] = [(data.source, e.image_id, *getattr(e.image, "size", ())) for e in examples]
         return t, batch
@@ -174,6 +195,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
 
     Writes into ``recipe.train.output_dir``: ``checkpoints/``, TensorBoard logs, the final model
     and processor (``save_pretrained``), ``metrics.json`` and a PNG of validation predictions per task.
+    Every process calls this; the main process returns the metrics, the others ``{}``.
     """
     cfg = recipe.train
     out_dir = Path(cfg.output_dir)
@@ -182,6 +204,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with="tensorboard",
         project_dir=str(out_dir),
+        # a micro-batch trains one task's heads: the others' parameters get no gradient in it
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(cfg.seed)
 
@@ -201,6 +225,17 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         cache = FeatureCache(model, cfg.cache_max_images)
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
+    # what a checkpoint records of the model, taken before FSDP turns the parameters into shards
+    identity = {
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "model_signature": _signature(model),
+    }
+    # FSDP shards the prepared model in place, so the main process keeps a full copy (on the CPU
+    # between uses) to evaluate and save; every other setup uses the prepared model itself.
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    full_copy = copy.deepcopy(model).cpu() if sharded and accelerator.is_main_process else None
+    if sharded:
+        _merge_tied_embeddings(model)
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=tuple(cfg.betas)
     )
@@ -227,6 +262,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         num_workers=cfg.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+    global_batch = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
 
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,11 +271,28 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     if accelerator.is_main_process and hasattr(unwrapped, "print_trainable_parameters"):
         unwrapped.print_trainable_parameters()  # peft-style "trainable params: … || trainable%: …"
 
+    def main_model() -> Any:
+        """The full model the main process evaluates and saves (``None`` elsewhere); every process
+        must call it (under FSDP it gathers the shards)."""
+        if not sharded:
+            return unwrapped if accelerator.is_main_process else None
+        full = accelerator.get_state_dict(model)  # collective; full tensors on the main process only
+        if not accelerator.is_main_process:
+            return None
+        full_copy.load_state_dict(full)
+        return full_copy.to(accelerator.device)
+
+    def run_evaluation(target: Any) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+        with accelerator.autocast() if sharded else contextlib.nullcontext():  # DDP: the forward is wrapped
+            return evaluate(target, processor, tasks, recipe.data.num_val, cfg.batch_size, cfg.max_new_tokens)
+
     model.train()
     step, bad_step = start_step, False
-    running: dict[str, float] = {}
+    # per loss name: [sum, count] over the micro-batches that reported it (summed over processes)
+    running = torch.zeros(2, len(LOSS_NAMES), dtype=torch.float64)
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     started = time.time()
+    paused = 0.0  # seconds of periodic evaluation and checkpointing, not training
     history: list[dict[str, Any]] = []
     for task_index, batch in loader:
         keys = batch.pop("_image_keys", None)
@@ -261,11 +314,11 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             )
             if float(finite.min()) == 1.0:
                 accelerator.backward(loss)
-                for name in LOSS_NAMES:
+                for i, name in enumerate(LOSS_NAMES):
                     value = getattr(out, name, None)
                     if value is not None:
-                        running[name] = running.get(name, 0.0) + float(value.detach())
-                running["_n"] = running.get("_n", 0.0) + 1
+                        running[0, i] += float(value.detach())
+                        running[1, i] += 1
             else:
                 bad_step = True
             if accelerator.sync_gradients:
@@ -286,52 +339,72 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            n = max(running.pop("_n", 1.0), 1.0)
-            logs = {f"train/{k}": v / n for k, v in running.items()}
+            if accelerator.num_processes > 1:  # every process logs at this step: sum over processes
+                running = accelerator.reduce(running.to(accelerator.device), reduction="sum").cpu()
+            logs = {
+                f"train/{name}": float(running[0, i] / running[1, i])
+                for i, name in enumerate(LOSS_NAMES)
+                if running[1, i] > 0
+            }
             logs["train/lr"] = scheduler.get_last_lr()[0]
             logs["train/task"] = task_index
             accelerator.log(logs, step=step)
-            history.append({"step": step, **{k: round(float(v), 6) for k, v in logs.items()}})
+            history.append(
+                {
+                    "step": step,
+                    **{k: round(float(v), 6) for k, v in logs.items()},
+                    "seconds": round(time.time() - started - paused, 3),
+                    "samples": step * global_batch,
+                }
+            )
             bar.set_postfix(loss=f"{logs.get('train/loss', float('nan')):.3f}")
-            running = {}
+            running.zero_()
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-            save_checkpoint(accelerator, out_dir, step, _state(state, unwrapped), keep=cfg.keep_checkpoints)
-        if (
-            cfg.eval_every
-            and step % cfg.eval_every == 0
-            and step < cfg.max_steps
-            and accelerator.is_main_process
-        ):
-            metrics, _ = evaluate(
-                unwrapped, processor, tasks, recipe.data.num_val, cfg.batch_size, cfg.max_new_tokens
-            )
-            accelerator.log(
-                {f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if v is not None},
-                step=step,
-            )
+            pause = time.time()
+            if sharded:
+                _complete_adamw_state(optimizer)
+            save_checkpoint(accelerator, out_dir, step, _state(state, identity), keep=cfg.keep_checkpoints)
+            paused += time.time() - pause
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+            pause = time.time()
+            target = main_model()
+            if target is not None:
+                metrics, _ = run_evaluation(target)
+                accelerator.log(
+                    {f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if v is not None},
+                    step=step,
+                )
+                if target is full_copy:
+                    full_copy.cpu()  # give the accelerator's memory back to training
+            paused += time.time() - pause
         if step >= cfg.max_steps:
             break
         if cfg.time_limit_minutes is not None and step % 10 == 0:
-            over = torch.tensor([float(time.time() - started > 60.0 * cfg.time_limit_minutes)], device=accelerator.device)
+            over = torch.tensor(
+                [float(time.time() - started > 60.0 * cfg.time_limit_minutes)], device=accelerator.device
+            )
             if accelerator.num_processes > 1:
                 over = accelerator.reduce(over, reduction="sum")  # every process stops at the same step
             if float(over) > 0:
                 state["stopped_by_time_limit"] = True
-                accelerator.print(f"step {step}: time limit of {cfg.time_limit_minutes} min reached, stopping")
+                accelerator.print(
+                    f"step {step}: time limit of {cfg.time_limit_minutes} min reached, stopping"
+                )
                 break
     bar.close()
     train_seconds = time.time() - started
 
-    save_checkpoint(accelerator, out_dir, step, _state(state, unwrapped), keep=cfg.keep_checkpoints)
+    if sharded:
+        _complete_adamw_state(optimizer)
+    save_checkpoint(accelerator, out_dir, step, _state(state, identity), keep=cfg.keep_checkpoints)
+    target = main_model()
     result: dict[str, Any] = {}
-    if accelerator.is_main_process:
-        metrics, shown = evaluate(
-            unwrapped, processor, tasks, recipe.data.num_val, cfg.batch_size, cfg.max_new_tokens
-        )
+    if target is not None:
+        metrics, shown = run_evaluation(target)
         accelerator.log(
             {f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if v is not None}, step=step
         )
-        unwrapped.save_pretrained(out_dir)
+        target.save_pretrained(out_dir)
         processor.save_pretrained(out_dir)
         pictures = {}
         for data in tasks:
@@ -345,6 +418,11 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             "nan_skipped_steps": state.get("nan_skipped_steps", 0),
             "stopped_by_time_limit": state.get("stopped_by_time_limit", False),
             "train_seconds": round(train_seconds, 2),
+            "num_processes": accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type.value),
+            "mixed_precision": str(accelerator.mixed_precision),
+            "batch_size": cfg.batch_size,
+            "global_batch_size": global_batch,
             "history": history,
             "pictures": pictures,
         }
@@ -356,19 +434,72 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     return result
 
 
+def _merge_tied_embeddings(model: torch.nn.Module) -> list[str]:
+    """Replace each twin of the input embedding (same class and settings, holding the very same
+    weight) by the input embedding module itself; returns the replaced module names.
+
+    transformers' T5 ties ``shared``, ``encoder.embed_tokens``, ``decoder.embed_tokens`` and
+    ``lm_head`` to one parameter through four modules. accelerate's FSDP2 wrapping groups the input
+    and output embeddings together and leaves the two ``embed_tokens`` twins to the root group, so
+    the parameter would belong to two FSDP groups (torch >= 2.13 refuses; older torch silently
+    unties it). As one module object the twins are the input embedding's group; the forward is
+    unchanged and ``state_dict`` keeps every key.
+    """
+    get = getattr(model, "get_input_embeddings", None)
+    embed = get() if callable(get) else None
+    weight = getattr(embed, "weight", None)
+    if not isinstance(weight, torch.nn.Parameter):
+        return []
+    merged = []
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if (
+            module is embed
+            or type(module) is not type(embed)
+            or getattr(module, "weight", None) is not weight
+            or module.extra_repr() != embed.extra_repr()
+            or len(list(module.parameters())) != 1
+            or len(list(module.buffers())) != 0
+        ):
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, embed)
+        merged.append(name)
+    return merged
+
+
+def _complete_adamw_state(optimizer: Any) -> int:
+    """Give each trainable parameter that has never had a gradient the state AdamW would create at
+    its first step (step 0, zero moments); returns how many got one.
+
+    FSDP saves the optimizer with torch.distributed.checkpoint, whose loader expects a state for
+    every parameter (it initialises them all) and fails on a missing one — and a micro-batch trains
+    one task, so other tasks' heads may have none yet. AdamW skips parameters without a gradient and
+    starts from exactly this state, so training is unchanged.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+    added = 0
+    for group in inner.param_groups:
+        for p in group["params"]:
+            if not p.requires_grad or inner.state.get(p):
+                continue
+            on_device = group.get("fused") or group.get("capturable")
+            step = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
+            state = {"step": step, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            if group.get("amsgrad"):
+                state["max_exp_avg_sq"] = torch.zeros_like(p)
+            inner.state[p] = state
+            added += 1
+    return added
+
+
 def _jsonable(value: Any) -> Any:
     if torch.is_tensor(value):
         return value.tolist()
     return str(value)
 
 
-def _state(state: dict[str, Any], model: Any) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    return {
-        **state,
-        "model_type": getattr(config, "model_type", None),
-        "model_signature": _signature(model),
-    }
+def _state(state: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+    return {**state, **identity}
 
 
 def _signature(model: Any) -> dict[str, list[int]]:
