@@ -18,6 +18,11 @@ cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PIXTOK_CACHE=${PIXTOK_CACHE:-/tmp/pixtok-cache}
+# many rows share a host: without a cap every process starts one CPU thread per core for torch and
+# numpy, and their post-training CPU work (scoring, pictures) thrashes
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} MKL_NUM_THREADS=${MKL_NUM_THREADS:-4}
+# ROW_TIMEOUT (seconds) ends a row that runs past it, so the others' results still get packed
+row_timeout=${ROW_TIMEOUT:-0}
 work=${LEARNING_WORK:-/tmp/learning}
 mkdir -p "$work/results" "$work/logs" "$out"
 gpus=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
@@ -25,6 +30,10 @@ gpus=$(python3 -c "import torch; print(max(torch.cuda.device_count(), 1))")
 coco=../shared/data/coco_tiny_train
 [ -d "$coco" ] || coco=.data/coco_tiny_train
 start=$(date +%s)
+pack() {  # results and logs so far, replaced atomically (rows finish at different times)
+  tar czf "$out/.learning.tgz.$$.$BASHPID" -C "$work" results logs 2>/dev/null &&
+    mv -f "$out/.learning.tgz.$$.$BASHPID" "$out/learning.tgz"
+}
 python3 - "$@" <<'EOF'
 import sys, time
 from pixtok.training.config import load_config
@@ -43,17 +52,20 @@ for entry in $row_list; do
     coco_tiny*) extra+=(--set "data.paths.annotations=$coco/annotations/instances_train2017.json"
                        --set "data.paths.images=$coco/train2017") ;;
   esac
-  CUDA_VISIBLE_DEVICES=$((i % gpus)) python3 benchmarks/learning/run.py "$row" \
+  (CUDA_VISIBLE_DEVICES=$((i % gpus)) timeout "$row_timeout" python3 benchmarks/learning/run.py "$row" \
     --output-dir "$work/runs/$row" --results "$work/results" "${extra[@]}" "$@" \
-    > "$work/logs/$row.log" 2>&1 &
+    > "$work/logs/$row.log" 2>&1; echo "exit $? after $(( $(date +%s) - start )) s" >> "$work/logs/$row.log"; pack) &
   echo "started $row on GPU $((i % gpus))"
   i=$((i + 1))
 done
-wait
+(while sleep 60; do pack; done) &
+packer=$!
+wait $(jobs -p | grep -v "^$packer$")
+kill $packer 2>/dev/null
 echo "all rows done in $(( $(date +%s) - start )) s"
 for entry in $row_list; do
   row=${entry%%:*}
   echo "=== $row"; grep -v "it/s\]\|s/it\]" "$work/logs/$row.log" | tail -6
 done
-tar czf "$out/learning.tgz" -C "$work" results logs
+pack
 nvidia-smi --query-gpu=index,memory.used --format=csv 2>/dev/null | head -5

@@ -400,7 +400,12 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     target = main_model()
     result: dict[str, Any] = {}
     if target is not None:
+        accelerator.print(
+            f"step {step}: trained for {train_seconds:.0f} s; evaluating {recipe.data.num_val} val examples per task"
+        )
+        eval_started = time.time()
         metrics, shown = run_evaluation(target)
+        accelerator.print(f"evaluation took {time.time() - eval_started:.0f} s")
         accelerator.log(
             {f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if v is not None}, step=step
         )
