@@ -57,3 +57,15 @@ def test_engine_is_cached_and_dropped_by_train(model_and_batch):
     assert "_decode_engine" not in model.state_dict() and not any(
         "decode_engine" in n for n, _ in model.named_modules()
     )
+
+
+def test_engine_runs_under_a_callers_autocast(model_and_batch):
+    """Training loops evaluate under autocast (FSDP runs did, on the 2xH200): the engine's typed
+    buffers must not receive bf16 results (was: index_copy_ dtype error), and it decodes as without."""
+    model, processor, images = model_and_batch
+    batch = processor(images=images, task="detection", return_tensors="pt")
+    kwargs = {"max_new_tokens": 11, "do_sample": False, "decode_engine": True}
+    reference = model.generate(**batch, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = model.generate(**batch, **kwargs)
+    assert cast.sequences.shape == reference.sequences.shape

@@ -87,7 +87,7 @@ def test_config_rejects_bad_settings(overrides: dict, message: str) -> None:
 
 
 def test_unknown_preset() -> None:
-    with pytest.raises(ValueError, match="known presets: tiny, base"):
+    with pytest.raises(ValueError, match="known presets: tiny, small, base"):
         PixtokPanopticConfig.from_preset("huge")
 
 

@@ -104,3 +104,9 @@ def test_time_limit_must_be_a_number():
     with pytest.raises(ConfigError, match="time_limit_minutes"):
         load_config(None, {"train.time_limit_minutes": "soon"})
     assert load_config(None, {"train.mixed_precision": False}).train.mixed_precision == "no"
+
+
+def test_exponent_without_a_dot_is_a_number():
+    """YAML 1.1 reads ``2e-3`` as a string; a numeric field takes it as the number it means."""
+    assert load_config(None, {"train.learning_rate": "2e-3"}).train.learning_rate == 2e-3
+    assert load_config(None, {"train.max_steps": "40"}).train.max_steps == 40

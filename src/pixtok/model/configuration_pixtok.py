@@ -105,7 +105,7 @@ def _as_config(value: Any, cls: type[PretrainedConfig]) -> PretrainedConfig:
 class PixtokConfig(PretrainedConfig):
     r"""Configuration of :class:`PixtokModel` / :class:`PixtokForConditionalGeneration`.
 
-    Build named sizes with :meth:`from_preset` (``tiny``, ``base``, ``large``, ``pixelllm-xl``); the
+    Build named sizes with :meth:`from_preset` (``tiny``, ``small``, ``base``, ``large``, ``pixelllm-xl``); the
     bare defaults are a SAM ViT-B + EVA02-L + T5-small mix meant only as a starting point.
 
     Args:
@@ -362,7 +362,7 @@ class PixtokConfig(PretrainedConfig):
         dict instead of replacing it.
 
         Args:
-            name: ``tiny``, ``base``, ``large`` or ``pixelllm-xl``.
+            name: ``tiny``, ``small``, ``base``, ``large`` or ``pixelllm-xl``.
             **overrides: any :class:`PixtokConfig` argument.
 
         Raises:

@@ -145,7 +145,20 @@ class PixtokGenerationMixin:
         options: GenerationOptions,
     ):
         """The same decoding as :meth:`_decode_with_cache`, through the static-cache engine: the fused
-        per-object CUDA-graph path for closed-set detection, its ``step_fn`` otherwise."""
+        per-object CUDA-graph path for closed-set detection, its ``step_fn`` otherwise.
+
+        The engine keeps its own dtype (its buffers and captured graphs are typed), so a caller's
+        ``autocast`` is switched off inside it (training loops evaluate under one)."""
+        with torch.autocast(device_type=encoder_outputs.last_hidden_state.device.type, enabled=False):
+            return self._decode_with_engine_uncast(encoder_outputs, encoder_mask, task, options)
+
+    def _decode_with_engine_uncast(
+        self,
+        encoder_outputs: BaseModelOutput,
+        encoder_mask: torch.Tensor,
+        task: str,
+        options: GenerationOptions,
+    ):
         hidden = encoder_outputs.last_hidden_state
         engine = self.decode_engine(hidden.shape[0], options.max_new_tokens + 1)
         engine.prefill(hidden, encoder_mask)

@@ -7,7 +7,7 @@ data path fails in the first second with a message naming the key, not an hour i
 Example::
 
     model:
-      preset: tiny            # tiny | base | large | pixelllm-xl
+      preset: tiny            # tiny | small | base | large | pixelllm-xl
       overrides: {}           # PixtokConfig fields
       backbones: {}           # sam: / eva02: / t5: hub ids or paths (real initialisation)
     data:
@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -60,7 +61,8 @@ class DataSection:
         source: a ``pixtok.data.load`` source name (``synthetic`` generates into ``cache_dir``).
         paths: keyword paths for the loader (``annotations``, ``images``, ``refs``, …).
         val_paths: the same for the validation split (synthetic: its fixed ``val`` split).
-        synthetic: options of the synthetic benchmark writer (``num_images``, ``image_size``, ``seed``).
+        synthetic: options of the synthetic benchmark writer (``num_images``, ``image_size``, ``seed``;
+            ``workers``: processes that write it, default up to 16, not part of its cache key).
         cache_dir: where the synthetic benchmark is written (default ``~/.cache/pixtok``).
         num_val: how many validation examples evaluation uses.
     """
@@ -172,6 +174,9 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
         if (
             numeric or isinstance(default, (int, float)) and not isinstance(default, bool)
         ) and value is not None:
+            if isinstance(value, str):  # YAML 1.1 reads `2e-3` (no dot) as a string
+                with contextlib.suppress(ValueError):
+                    value = float(value) if any(c in value for c in ".eE") else int(value)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
             value = float(value) if isinstance(default, float) or "float" in str(known[name].type) else value
