@@ -149,35 +149,26 @@ class PixtokGenerationMixin:
 
         The engine keeps its own dtype (its buffers and captured graphs are typed), so a caller's
         ``autocast`` is switched off inside it (training loops evaluate under one)."""
-        with torch.autocast(device_type=encoder_outputs.last_hidden_state.device.type, enabled=False):
-            return self._decode_with_engine_uncast(encoder_outputs, encoder_mask, task, options)
-
-    def _decode_with_engine_uncast(
-        self,
-        encoder_outputs: BaseModelOutput,
-        encoder_mask: torch.Tensor,
-        task: str,
-        options: GenerationOptions,
-    ):
         hidden = encoder_outputs.last_hidden_state
-        engine = self.decode_engine(hidden.shape[0], options.max_new_tokens + 1)
-        engine.prefill(hidden, encoder_mask)
-        vocab = self.config.vocab
-        if task == "detection" and not vocab.open_vocabulary:
-            return engine.generate_detection(
-                DetectionRows.from_vocab(vocab),
-                max_new_tokens=options.max_new_tokens,
-                do_sample=options.do_sample,
-                top_p=options.top_p,
-                temperature=options.temperature,
-                eos_logit_offset=options.eos_logit_offset,
-                min_objects=options.min_objects,
-                max_objects=options.max_objects,
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            engine = self.decode_engine(hidden.shape[0], options.max_new_tokens + 1)
+            engine.prefill(hidden, encoder_mask)
+            vocab = self.config.vocab
+            if task == "detection" and not vocab.open_vocabulary:
+                return engine.generate_detection(
+                    DetectionRows.from_vocab(vocab),
+                    max_new_tokens=options.max_new_tokens,
+                    do_sample=options.do_sample,
+                    top_p=options.top_p,
+                    temperature=options.temperature,
+                    eos_logit_offset=options.eos_logit_offset,
+                    min_objects=options.min_objects,
+                    max_objects=options.max_objects,
+                )
+            grammar = grammar_for(task, vocab, banned_ids=vocab.sentinel_ids)
+            return decode(
+                engine.step_fn(), grammar, hidden.shape[0], options, hidden.device, start_id=DECODER_START_ID
             )
-        grammar = grammar_for(task, vocab, banned_ids=vocab.sentinel_ids)
-        return decode(
-            engine.step_fn(), grammar, hidden.shape[0], options, hidden.device, start_id=DECODER_START_ID
-        )
 
     @torch.no_grad()
     def generate(

@@ -164,22 +164,21 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
             f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
         )
     kwargs = {}
+    defaults = cls()
     for name, value in values.items():
-        default = getattr(cls(), name)
+        default = getattr(defaults, name)
+        kind = str(known[name].type).removesuffix(" | None")  # annotations are strings here
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}.{name}: expected true/false, got {value!r}")
-        numeric = str(known[name].type) in ("int | None", "float | None")  # optional numbers
-        if (
-            numeric or isinstance(default, (int, float)) and not isinstance(default, bool)
-        ) and value is not None:
+        if kind in ("int", "float") and value is not None:
             if isinstance(value, str):  # YAML 1.1 reads `2e-3` (no dot) as a string
                 with contextlib.suppress(ValueError):
                     value = float(value) if any(c in value for c in ".eE") else int(value)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
-            value = float(value) if isinstance(default, float) or "float" in str(known[name].type) else value
+            value = float(value) if kind == "float" else value
         if name == "mixed_precision":
             value = "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
             if value not in ("no", "fp16", "bf16", "fp8"):
