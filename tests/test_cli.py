@@ -148,7 +148,30 @@ def test_attention_maps_are_distributions_over_the_image_content():
     captured = cli._capture_token_to_image_attention(loaded.model.model, predictor.last_inputs)
     rows = captured["attention"][0]
     assert torch.allclose(rows.sum(dim=-1), torch.ones(rows.shape[0]), atol=1e-5)
-    assert rows.shape[0] == captured["encoded"][3].shape[1]  # one row per extractor token
+    assert rows.shape[0] == loaded.model.config.extractor_config.num_tokens  # one row per learnable token
+
+
+def test_attention_maps_with_grid_tokens(tmp_path):
+    """Grid tokens map onto the block of the grid they pooled; the maps stay distributions."""
+    from pixtok.model.configuration_pixtok import PixtokConfig
+    from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = PixtokConfig.from_preset("tiny", extractor_config={"grid_tokens": 3})
+    PixtokForConditionalGeneration(config).save_pretrained(tmp_path)
+    loaded = cli.load_model(str(tmp_path))
+    predictor = cli.ModelPredictor(loaded, max_new_tokens=10)
+    predictor.predict("caption", [Image.open(IMAGE).convert("RGB")], [{}])
+    maps, _ = cli.attention_maps(predictor, "caption", num_objects=2)
+    for m in maps:
+        assert (m >= 0).all() and 0.5 < m.sum() <= 1.0 + 1e-5
+    pooling = cli._pooling_maps(8, 3)  # the tiny grid is 8 x 8
+    assert pooling.shape == (9, 64)
+    torch.testing.assert_close(pooling.sum(dim=1), torch.ones(9))
+    # the first grid token pooled the top-left 3 x 3 block (adaptive pooling of 8 into 3 bins)
+    top_left = torch.zeros(8, 8)
+    top_left[:3, :3] = 1 / 9
+    torch.testing.assert_close(pooling[0].reshape(8, 8), top_left)
 
 
 def test_predict_referring_and_caption(tmp_path):

@@ -475,7 +475,8 @@ def attention_maps(
     tokens attended to the image grid in the extractor's final token→image attention. The map of an
     output token is the product of both: decoder cross-attention (averaged over layers and heads,
     restricted to the extractor tokens) times the extractor's token→image attention (averaged over
-    heads), cropped to the image content. Detection groups the 5 tokens of each object; other tasks
+    heads), cropped to the image content. Grid tokens (``extractor_config.grid_tokens``) each stand
+    for one pooled block of the grid, so attention to them maps onto that block directly. Detection groups the 5 tokens of each object; other tasks
     use single tokens.
 
     Args:
@@ -529,10 +530,12 @@ def attention_maps(
             "the language model returned no cross-attentions (needs an eager attention implementation)"
         )
     cross = torch.stack([a[0].float() for a in out.cross_attentions]).mean(dim=(0, 1))  # (T, Le)
-    num_tokens = prefix.shape[1]
-    to_tokens = cross[:, :num_tokens]  # (T, num_tokens)
+    to_tokens = cross[:, : prefix.shape[1]]  # (T, P) learnable tokens, then grid tokens
     token_maps = captured["attention"][0]  # (num_tokens, g*g)
     grid = int(round(token_maps.shape[-1] ** 0.5))
+    side = core.config.extractor_config.grid_tokens
+    if side:
+        token_maps = torch.cat([token_maps, _pooling_maps(grid, side).to(token_maps)], dim=0)
     h, w = (int(v) for v in inputs["image_sizes"][0].tolist())
     rows, cols = max(1, round(grid * h / max(h, w))), max(1, round(grid * w / max(h, w)))
     length = int((sequences[0] != 0).sum().item())
@@ -552,6 +555,20 @@ def attention_maps(
         image_map = (weights @ token_maps).reshape(grid, grid)[:rows, :cols]
         maps.append(image_map.cpu().numpy())
     return maps, titles
+
+
+def _pooling_maps(grid: int, side: int) -> Any:
+    """(side*side, grid*grid): row k spreads grid token k evenly over the cells it pooled.
+
+    Matches ``adaptive_avg_pool2d(·, side)``'s bins on a ``grid x grid`` map.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    # pooling the identity maps gives each output cell's weights over the input cells
+    eye = torch.eye(grid * grid).reshape(grid * grid, 1, grid, grid)
+    weights = F.adaptive_avg_pool2d(eye, side).reshape(grid * grid, side * side)
+    return weights.T / weights.T.sum(dim=1, keepdim=True)
 
 
 def _capture_token_to_image_attention(core: Any, inputs: Any) -> dict[str, Any]:
@@ -589,7 +606,7 @@ def _capture_token_to_image_attention(core: Any, inputs: Any) -> dict[str, Any]:
         handle.remove()
     if "attention" not in captured:
         raise CliError("could not record the prompt extractor's token-to-image attention")
-    num_tokens = captured["encoded"][3].shape[1]
+    num_tokens = core.config.extractor_config.num_tokens
     captured["attention"] = captured["attention"][:, :num_tokens]
     return captured
 

@@ -44,6 +44,15 @@ class PixtokPromptExtractorConfig(PretrainedConfig):
             Activation of the MLPs.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
             LayerNorm epsilon.
+        grid_tokens (`int`, *optional*, defaults to 0):
+            Side of an extra grid of image tokens handed to the language model after the learnable
+            tokens: the extractor's prompt-aware image tokens with their positional encoding,
+            average-pooled to ``grid_tokens x grid_tokens`` (0: none, PixelLLM's prefix). They let
+            the T5 cross-attend image positions directly, as Pix2Seq's decoder does.
+        position_in_values (`bool`, *optional*, defaults to `False`):
+            Add the image positional encoding to the image tokens themselves before the two-way
+            transformer, so that attention reads position in its values, not only in its weights
+            (SAM adds it to queries and keys only).
     """
 
     model_type = "pixtok_prompt_extractor"
@@ -58,6 +67,8 @@ class PixtokPromptExtractorConfig(PretrainedConfig):
         attention_downsample_rate: int = 2,
         hidden_act: str = "relu",
         layer_norm_eps: float = 1e-6,
+        grid_tokens: int = 0,
+        position_in_values: bool = False,
         **kwargs: Any,
     ) -> None:
         if hidden_size % (num_attention_heads * attention_downsample_rate) != 0:
@@ -67,6 +78,8 @@ class PixtokPromptExtractorConfig(PretrainedConfig):
             )
         if num_tokens < 1:
             raise ValueError(f"extractor num_tokens must be positive, got {num_tokens}")
+        if grid_tokens < 0:
+            raise ValueError(f"extractor grid_tokens must be >= 0 (0: no grid tokens), got {grid_tokens}")
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
@@ -75,7 +88,14 @@ class PixtokPromptExtractorConfig(PretrainedConfig):
         self.attention_downsample_rate = attention_downsample_rate
         self.hidden_act = hidden_act
         self.layer_norm_eps = layer_norm_eps
+        self.grid_tokens = grid_tokens
+        self.position_in_values = position_in_values
         super().__init__(**kwargs)
+
+    @property
+    def prefix_length(self) -> int:
+        """Tokens the extractor hands to the language model: learnable tokens + grid tokens."""
+        return self.num_tokens + self.grid_tokens**2
 
     def two_way_config(self) -> SamMaskDecoderConfig:
         """The :class:`SamMaskDecoderConfig` that sizes transformers' ``SamTwoWayTransformer`` for us."""

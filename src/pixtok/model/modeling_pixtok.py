@@ -7,6 +7,7 @@ Reading order (one batch, shapes as in ``docs/ARCHITECTURE.md``)::
     prompt_coords (B,2,2), prompt_labels (B,2)  (none: the whole-image box)
         -> SAM prompt encoder -> sparse (B,2,C), dense (B,C,g,g), image_pe (1,C,g,g)
         -> prompt feature extractor (two-way transformer, 32 learnable tokens) -> prefix (B,32,d_model)
+           (+ grid_tokens**2 pooled, position-encoded image tokens when the extractor config asks)
     input_ids (B,Lp) -> T5 token embeddings; encoder input = prefix ++ text  (PrefixLM)
         -> T5 encoder -> T5 decoder (labels shifted right) -> logits (B,T,V), states (B,T,d_model)
     heads: LM (label-smoothed, weighted CE) | trace MLP per state -> points (B,T,2)
@@ -60,11 +61,11 @@ class PixtokModelOutput(ModelOutput):
     Attributes:
         logits: (B, T, V) LM logits, or `None` when no decoder input was given.
         decoder_hidden_states: (B, T, d_model) last decoder states (after T5's final norm).
-        encoder_last_hidden_state: (B, num_tokens + Lp, d_model).
-        encoder_attention_mask: (B, num_tokens + Lp) long.
+        encoder_last_hidden_state: (B, P + Lp, d_model), P = extractor_config.prefix_length.
+        encoder_attention_mask: (B, P + Lp) long.
         image_embeddings: (B, C, g, g) SAM features (mask decoder input).
         fused_features: (B, C + D_eva, g, g) both towers on one grid.
-        prompt_tokens: (B, num_tokens, d_model) the extractor's visual prefix.
+        prompt_tokens: (B, P, d_model) the extractor's visual prefix (learnable tokens, then grid tokens).
         past_key_values: the decoder cache when ``use_cache``.
     """
 
@@ -93,7 +94,7 @@ class PixtokOutput(ModelOutput):
         pred_masks: (B, 1, 4g, 4g) mask logits (only when mask targets were given).
         proposal_logits: (B, g*g) objectness logits (only with proposal targets).
         proposal_boxes: (B, g*g, 4) xyxy model space (only with proposal targets).
-        encoder_last_hidden_state: (B, num_tokens + Lp, d_model).
+        encoder_last_hidden_state: (B, P + Lp, d_model), P = extractor_config.prefix_length.
     """
 
     loss: torch.Tensor | None = None
@@ -361,8 +362,8 @@ class PixtokModel(PixtokPreTrainedModel):
             features: precomputed tower features (e.g. cached, or repeated per proposal).
 
         Returns:
-            (encoder output, encoder attention mask (B, num_tokens + Lp), tower features,
-            prefix tokens (B, num_tokens, d_model)).
+            (encoder output, encoder attention mask (B, P + Lp), tower features,
+            prefix tokens (B, P, d_model), P = extractor_config.prefix_length).
         """
         if features is None:
             features = self.encode_images(pixel_values, eva_pixel_values)

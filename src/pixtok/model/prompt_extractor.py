@@ -8,11 +8,18 @@ positional encoding. The learnable tokens' outputs are the visual prefix of the 
 The transformer itself is transformers' ``SamTwoWayTransformer``, sized by
 :meth:`PixtokPromptExtractorConfig.two_way_config`; this module only adds the projections into its
 width, the learnable tokens and the projection out to the language model's width.
+
+Two options go beyond the paper, for models that learn localization from scratch (the learning
+benchmarks): ``grid_tokens`` appends a pooled grid of the transformer's prompt-aware image tokens,
+each with its positional encoding, to the prefix, so the language model can attend image positions
+directly as Pix2Seq's decoder does; ``position_in_values`` adds the positional encoding to the image
+tokens before the transformer, so that what attention reads (its values) carries position too.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.models.sam.modeling_sam import SamTwoWayTransformer
 
@@ -48,6 +55,9 @@ class PixtokPromptExtractor(nn.Module):
         self.transformer = SamTwoWayTransformer(self.two_way_config)
         self.output_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.output_proj = nn.Linear(width, output_size)
+        if config.grid_tokens:
+            self.grid_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+            self.grid_proj = nn.Linear(width, output_size)
 
     def forward(
         self,
@@ -65,7 +75,8 @@ class PixtokPromptExtractor(nn.Module):
             dense_embeddings: (B, C_p, g, g) SAM dense prompt embedding.
 
         Returns:
-            (B, num_tokens, output_size) prefix tokens for the language model.
+            (B, num_tokens + grid_tokens**2, output_size) prefix tokens for the language model: the
+            learnable tokens' outputs, then the pooled grid tokens row-major (when configured).
         """
         if image_features.shape[-2:] != dense_embeddings.shape[-2:]:
             raise ValueError(
@@ -77,13 +88,25 @@ class PixtokPromptExtractor(nn.Module):
             getattr(self.config, "_attn_implementation", None) or "sdpa"
         )
         batch = image_features.shape[0]
+        side = self.config.grid_tokens
+        if side > image_features.shape[-1]:
+            raise ValueError(
+                f"extractor grid_tokens ({side}) exceeds the image feature grid ({image_features.shape[-1]})"
+            )
         keys = self.image_proj(image_features) + self.dense_proj(dense_embeddings)
         pe = self.pe_proj(image_pe.to(keys.dtype))
+        if self.config.position_in_values:
+            keys = keys + pe
         tokens = self.tokens.to(keys.dtype).unsqueeze(0).expand(batch, -1, -1)
         queries = torch.cat([tokens, self.sparse_proj(sparse_embeddings)], dim=1).unsqueeze(1)
-        outputs = self.transformer(queries, keys, pe, None)
-        queries = outputs[0].squeeze(1)[:, : self.config.num_tokens]
-        return self.output_proj(self.output_norm(queries))
+        queries, image_tokens = self.transformer(queries, keys, pe, None)[:2]
+        prefix = self.output_proj(self.output_norm(queries.squeeze(1)[:, : self.config.num_tokens]))
+        if not side:
+            return prefix
+        g = image_features.shape[-1]
+        grid = image_tokens.squeeze(1).transpose(1, 2).reshape(batch, -1, g, g) + pe
+        grid = F.adaptive_avg_pool2d(grid, side).flatten(2).transpose(1, 2)  # (B, side*side, width)
+        return torch.cat([prefix, self.grid_proj(self.grid_norm(grid))], dim=1)
 
 
 __all__ = ["PixtokPromptExtractor"]
