@@ -15,6 +15,11 @@ Usage::
     PYTHONPATH=src python benchmarks/learning/run.py caption --set train.max_steps=5 \
         --set model.preset=tiny --set data.synthetic.num_images=40            # CPU smoke
 
+A config may list ``variants:`` — ``{name: {dotted.key: value}}`` — each of which is a row of its own,
+``<file>_<name>``: the file with those overrides (an ablation such as ``detection_no_seq_aug``, or an
+architecture being compared). A variant row reports its base row's headline keys; targets belong to
+the base row only.
+
 Under ``accelerate launch`` the row trains on every process (DDP/FSDP from the accelerate config);
 the main process writes the result. ``benchmarks/learning/report.py`` turns the JSON files into the
 table and loss curves of ``benchmarks/RESULTS.md``.
@@ -68,9 +73,49 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
 }
 
 
+def _read(path: Path) -> dict[str, Any]:
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a YAML mapping at the top level")
+    return raw
+
+
 def rows() -> list[str]:
-    """Every row with a config file."""
-    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    """Every row: each config file, and each of its ``variants`` as ``<file>_<variant>``."""
+    names = []
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        names.append(path.stem)
+        names += [f"{path.stem}_{variant}" for variant in _read(path).get("variants") or {}]
+    return sorted(names)
+
+
+def base_row(row: str) -> str:
+    """The config file a row comes from (the row itself unless it is a variant)."""
+    if (CONFIGS / f"{row}.yaml").is_file():
+        return row
+    for path in sorted(CONFIGS.glob("*.yaml"), key=lambda p: -len(p.stem)):
+        if row.startswith(path.stem + "_") and row[len(path.stem) + 1 :] in (
+            _read(path).get("variants") or {}
+        ):
+            return path.stem
+    raise ValueError(f"unknown row {row!r}; rows: {', '.join(rows())}")
+
+
+def row_config(row: str, overrides: dict[str, Any] | None = None):
+    """The :class:`RecipeConfig` of a row: its file, its variant's overrides, then ``overrides``.
+
+    A variant trains into ``outputs/learning/<row>`` unless the overrides say otherwise.
+    """
+    from pixtok.training.config import load_config
+
+    base = base_row(row)
+    raw = _read(CONFIGS / f"{base}.yaml")
+    variants = raw.pop("variants", None) or {}
+    merged: dict[str, Any] = {}
+    if row != base:
+        merged = {"train.output_dir": f"outputs/learning/{row}", **variants[row[len(base) + 1 :]]}
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return load_config(raw, merged)
 
 
 def device_name() -> str:
@@ -85,7 +130,7 @@ def device_name() -> str:
 def headline_metrics(row: str, val: dict[str, dict[str, float]]) -> dict[str, float]:
     """The row's headline keys picked out of the loop's ``{task: {metric: value}}``."""
     out: dict[str, float] = {}
-    for task, keys in HEADLINES.get(row, {}).items():
+    for task, keys in HEADLINES.get(row, HEADLINES.get(base_row(row), {})).items():
         for name, key in keys.items():
             value = val.get(task, {}).get(name)
             if value is not None:
@@ -133,7 +178,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.row not in rows():
         parser.error(f"unknown row {args.row!r}; rows: {', '.join(rows())}")
 
-    from pixtok.training.config import load_config
     from pixtok.training.recipe import run_recipe
 
     overrides: dict[str, Any] = {"train.output_dir": args.output_dir}
@@ -142,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
-    recipe = load_config(CONFIGS / f"{args.row}.yaml", overrides)
+    recipe = row_config(args.row, overrides)
     result = run_recipe(recipe)
     if not result:  # not the main process
         return {}

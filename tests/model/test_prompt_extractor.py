@@ -96,7 +96,9 @@ def test_grid_tokens_train_save_load_and_decode_like_the_plain_loop(tmp_path) ->
     assert model.model.extractor.grid_proj.weight.grad.abs().sum() > 0
     model.save_pretrained(tmp_path)
     loaded = PixtokForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert loaded.config.extractor_config.grid_tokens == 4 and loaded.config.extractor_config.position_in_values
+    assert (
+        loaded.config.extractor_config.grid_tokens == 4 and loaded.config.extractor_config.position_in_values
+    )
     model.eval()
     kwargs = {
         "task_ids": torch.full((2,), TASKS.index("detection")),
@@ -107,7 +109,9 @@ def test_grid_tokens_train_save_load_and_decode_like_the_plain_loop(tmp_path) ->
     plain = loaded.generate(**inputs, decode_engine=False, **kwargs)
     fast = loaded.generate(**inputs, decode_engine=True, **kwargs)
     assert torch.equal(plain.sequences, fast.sequences) and plain.sequences.shape[1] >= 5
-    torch.testing.assert_close(model.generate(**inputs, decode_engine=False, **kwargs).sequences, plain.sequences)
+    torch.testing.assert_close(
+        model.generate(**inputs, decode_engine=False, **kwargs).sequences, plain.sequences
+    )
 
 
 def test_grid_tokens_are_checked() -> None:

@@ -19,14 +19,32 @@ def _module(name):
     return module
 
 
-@pytest.mark.parametrize("row", sorted(p.stem for p in (LEARNING / "configs").glob("*.yaml")))
+@pytest.mark.parametrize("row", _module("run").rows())
 def test_every_row_config_is_valid_and_names_its_headlines(row):
     run = _module("run")
-    recipe = load_config(LEARNING / "configs" / f"{row}.yaml")
+    recipe = run.row_config(row)
     assert recipe.train.time_limit_minutes and recipe.train.time_limit_minutes <= 10
-    assert row in run.HEADLINES, "a row without headline keys would write an empty result"
-    tasks = set(run.HEADLINES[row])
-    assert tasks == set(recipe.tasks)
+    base = run.base_row(row)
+    assert base in run.HEADLINES, "a row without headline keys would write an empty result"
+    assert set(run.HEADLINES[base]) == set(recipe.tasks)
+    assert recipe.train.output_dir == f"outputs/learning/{row}"  # rows never share a run folder
+
+
+def test_variant_rows_are_their_file_with_overrides():
+    run = _module("run")
+    assert {"detection_no_seq_aug", "detection_no_grid", "coco_tiny_overfit_no_seq_aug"} <= set(run.rows())
+    base, ablation = run.row_config("detection"), run.row_config("detection_no_seq_aug")
+    assert base.tasks["detection"]["sequence_augmentation"] is True
+    assert ablation.tasks["detection"]["sequence_augmentation"] is False
+    assert ablation.model == base.model and ablation.train.max_steps == base.train.max_steps
+    no_grid = run.row_config("detection_no_grid", {"train.max_steps": 7})
+    assert no_grid.model.overrides["extractor_config"] == {"grid_tokens": 0}
+    assert no_grid.train.max_steps == 7  # --set overrides come last
+    assert run.base_row("coco_tiny_overfit_no_seq_aug") == "coco_tiny_overfit"
+    assert run.headline_metrics("detection_no_seq_aug", {"detection": {"AP": 0.5}}) == {"AP": 0.5}
+    assert run.check_targets("detection_no_seq_aug", {"AP": 0.5}) == {}  # targets are the base row's
+    with pytest.raises(ValueError, match="unknown row"):
+        run.base_row("detection_no_such_thing")
 
 
 def test_run_writes_result_json_and_picture_and_report_tables_it(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -206,18 +207,23 @@ def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
     )
 
 
-def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> RecipeConfig:
+def load_config(
+    path: str | os.PathLike | dict[str, Any] | None, overrides: dict[str, Any] | None = None
+) -> RecipeConfig:
     """Read a recipe YAML (or start from defaults) and apply dotted overrides.
 
     Args:
-        path: the YAML file, or ``None`` for the built-in defaults.
+        path: the YAML file, a mapping already read from one (copied, not changed), or ``None``
+            for the built-in defaults.
         overrides: ``{"train.max_steps": 5, "resume_from": "…"}`` — dotted keys into the file.
 
     Raises:
         ConfigError: the file is missing, or a key or value is invalid.
     """
     raw: dict[str, Any] = {}
-    if path is not None:
+    if isinstance(path, dict):
+        raw = copy.deepcopy(path)
+    elif path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")

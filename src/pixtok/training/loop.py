@@ -288,8 +288,9 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
 
     model.train()
     step, bad_step = start_step, False
-    # per loss name: [sum, count] over the micro-batches that reported it (summed over processes)
-    running = torch.zeros(2, len(LOSS_NAMES), dtype=torch.float64)
+    # per loss name: [sum, count] over the micro-batches that reported it (summed over processes);
+    # kept on the accelerator so that recording a loss does not wait for the GPU
+    running = torch.zeros(2, len(LOSS_NAMES), dtype=torch.float64, device=accelerator.device)
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     started = time.time()
     paused = 0.0  # seconds of periodic evaluation and checkpointing, not training
@@ -317,7 +318,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 for i, name in enumerate(LOSS_NAMES):
                     value = getattr(out, name, None)
                     if value is not None:
-                        running[0, i] += float(value.detach())
+                        running[0, i] += value.detach().to(running.dtype)
                         running[1, i] += 1
             else:
                 bad_step = True
@@ -339,12 +340,14 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
+            totals = running
             if accelerator.num_processes > 1:  # every process logs at this step: sum over processes
-                running = accelerator.reduce(running.to(accelerator.device), reduction="sum").cpu()
+                totals = accelerator.reduce(running.clone(), reduction="sum")
+            totals = totals.cpu()
             logs = {
-                f"train/{name}": float(running[0, i] / running[1, i])
+                f"train/{name}": float(totals[0, i] / totals[1, i])
                 for i, name in enumerate(LOSS_NAMES)
-                if running[1, i] > 0
+                if totals[1, i] > 0
             }
             logs["train/lr"] = scheduler.get_last_lr()[0]
             logs["train/task"] = task_index
