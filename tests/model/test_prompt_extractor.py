@@ -120,3 +120,20 @@ def test_grid_tokens_are_checked() -> None:
     model = tiny_model(grid_tokens=64)  # the tiny grid is 8 x 8
     with pytest.raises(ValueError, match="exceeds the image feature grid"):
         model.model.encode(**{k: v for k, v in image_inputs(model.config).items()})
+
+
+def test_positional_encoding_is_smooth_from_scratch() -> None:
+    """segment-anything's N(0, 1) frequencies: neighbouring grid cells get similar codes.
+
+    transformers' default (std hidden_size / 2) aliases across the grid, and the table is never
+    trained, so a model trained from scratch could not read a coordinate out of it.
+    """
+    model = PixtokForConditionalGeneration(PixtokConfig.from_preset("small"))
+    prompt_encoder = model.model.prompt_encoder
+    table = prompt_encoder.prompt_encoder.shared_embedding.positional_embedding
+    assert 0.7 < float(table.std()) < 1.3 and not table.requires_grad
+    pe = prompt_encoder.image_pe()[0]  # (C, g, g)
+    pe = pe / pe.norm(dim=0, keepdim=True)
+    neighbours = (pe[:, :, :-1] * pe[:, :, 1:]).sum(0).mean()
+    far = (pe[:, :, : pe.shape[2] // 2] * pe[:, :, pe.shape[2] // 2 :]).sum(0).mean()
+    assert neighbours > 0.6 and neighbours > far + 0.3

@@ -47,7 +47,15 @@ from .heads import (
 from .lora import AddedTokenRows, apply_lora, lm_head_input_scale, merge_lora, reset_lora, unmerge_lora
 from .model_card import PixtokHubMixin
 from .prompt_extractor import PixtokPromptExtractor
-from .sam import BOX_LABELS, SamMaskDecoder, SamPromptEncoder, load_sam_weights, load_state_dict_checked
+from .sam import (
+    BOX_LABELS,
+    SamMaskDecoder,
+    SamPositionalEmbedding,
+    SamPromptEncoder,
+    load_sam_weights,
+    load_state_dict_checked,
+    reset_positional_encoding,
+)
 from .towers import DualTower, VisionFeatures
 from .vocab import DECODER_START_ID, EOS_ID, PAD_ID
 
@@ -173,6 +181,8 @@ class PixtokPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, PixtokPromptExtractor):
             nn.init.normal_(module.tokens, std=0.02)
+        elif isinstance(module, SamPositionalEmbedding):
+            reset_positional_encoding(module)
         elif isinstance(module, ProposalHead):
             nn.init.constant_(module.objectness.bias, -4.6)  # objectness prior 0.01
         elif isinstance(module, AddedTokenRows):

@@ -12,7 +12,7 @@ Sub-config entries are plain dicts of the matching config class's keyword argume
   (``benchmarks/learning/``): SAM 6 x 256 at 128 px with 8 px patches (16 x 16 grid, 64 x 64
   masks), EVA02 4 x 192 at 128 px / 8 px patches (the same grid), a 6 + 6 layer T5 of width 384,
   the tiny tokenizer, T5 initialised at a 0.1 scale for training from scratch; the extractor hands
-  the T5 its 32 tokens plus all 16 x 16 position-encoded grid tokens (``grid_tokens``,
+  the T5 its 32 tokens plus 8 x 8 pooled, position-encoded grid tokens (``grid_tokens``,
   ``position_in_values``: without them, coordinates did not learn from scratch); 44 M parameters.
 - ``base``: SAM ViT-B + EVA02-B/14 at 448 px + T5-base.
 - ``large``: SAM ViT-L + EVA02-L/14 at 448 px + Flan-T5-large.
@@ -204,8 +204,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_attention_heads": 8,
             "mlp_dim": 1024,
             # from scratch, the T5 learns coordinates only when it can attend image positions
-            # itself (benchmarks/RESULTS.md): every grid cell is a prefix token, position in values
-            "grid_tokens": 16,
+            # itself (benchmarks/RESULTS.md): 8 x 8 pooled grid tokens, position in the values
+            "grid_tokens": 8,
             "position_in_values": True,
         },
         "base_vocab_size": TINY_BASE_VOCAB_SIZE,

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 from transformers import SamConfig
 from transformers.models.sam.modeling_sam import SamMaskDecoder as _HFSamMaskDecoder
+from transformers.models.sam.modeling_sam import SamPositionalEmbedding, SamVisionEncoder
 from transformers.models.sam.modeling_sam import SamPromptEncoder as _HFSamPromptEncoder
-from transformers.models.sam.modeling_sam import SamVisionEncoder
 
 from .configuration_towers import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 
@@ -128,6 +128,17 @@ class SamImageEncoder(nn.Module):
         return self.vision_encoder(pixel_values).last_hidden_state
 
 
+def reset_positional_encoding(module: SamPositionalEmbedding) -> None:
+    """Draw SAM's random Fourier frequencies as segment-anything does: N(0, 1).
+
+    transformers draws them with std ``hidden_size / 2`` (128 for a 256-wide SAM), which only
+    pretrained checkpoints overwrite. Trained from scratch with that table, the encoding repeats
+    about a hundred times across the image: neighbouring grid cells get unrelated codes, so nothing
+    downstream can read a coordinate from it (the table is fixed, never trained).
+    """
+    nn.init.normal_(module.positional_embedding, std=1.0)
+
+
 class SamPromptEncoder(nn.Module):
     """SAM's prompt encoder for one point/box prompt per image (transformers' ``SamPromptEncoder``).
 
@@ -164,6 +175,16 @@ class SamPromptEncoder(nn.Module):
             vision_config=vision_config.to_dict(), prompt_encoder_config=prompt_config.to_dict()
         )
         self.prompt_encoder = _HFSamPromptEncoder(sam_config)
+
+    def reset_positional_encoding(self) -> None:
+        """Draw the random Fourier frequencies as segment-anything does: N(0, 1).
+
+        transformers draws them with std ``hidden_size / 2`` (128 for a 256-wide SAM), which only
+        pretrained checkpoints overwrite. Trained from scratch with that table, the encoding
+        repeats ~100 times across the image: neighbouring grid cells get unrelated codes, so
+        nothing downstream can read a coordinate from it (the table is fixed, never trained).
+        """
+        nn.init.normal_(self.prompt_encoder.shared_embedding.positional_embedding, std=1.0)
 
     @property
     def image_size(self) -> int:
@@ -749,11 +770,13 @@ __all__ = [
     "SamImageEncoder",
     "SamMaskDecoder",
     "SamPromptEncoder",
+    "SamPositionalEmbedding",
     "convert_segment_anything_checkpoint",
     "convert_segment_anything_state_dict",
     "infer_sam_configs",
     "load_sam_weights",
     "load_segment_anything_checkpoint",
     "load_state_dict_checked",
+    "reset_positional_encoding",
     "load_transformers_sam",
 ]
