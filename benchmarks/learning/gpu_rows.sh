@@ -36,10 +36,11 @@ pack() {  # results and logs so far, replaced atomically (rows finish at differe
 }
 python3 - "$@" <<'EOF'
 import sys, time
-from pixtok.training.config import load_config
+sys.path.insert(0, "benchmarks/learning")
+from run import row_config
 from pixtok.training.recipe import synthetic_root
 t = time.time()
-root = synthetic_root(load_config("benchmarks/learning/configs/detection.yaml"))
+root = synthetic_root(row_config("detection"))
 print(f"synthetic benchmark at {root} ({time.time() - t:.0f} s)", flush=True)
 EOF
 
