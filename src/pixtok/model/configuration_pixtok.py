@@ -49,10 +49,6 @@ class PixtokPromptExtractorConfig(PretrainedConfig):
             tokens: the extractor's prompt-aware image tokens with their positional encoding,
             average-pooled to ``grid_tokens x grid_tokens`` (0: none, PixelLLM's prefix). They let
             the T5 cross-attend image positions directly, as Pix2Seq's decoder does.
-        grid_tokens_skip_encoder (`bool`, *optional*, defaults to `False`):
-            Hand the grid tokens to the T5 decoder's cross-attention directly (appended to the
-            encoder's output) instead of through the T5 encoder, as Pix2Seq's decoder attends the
-            vision encoder's patch tokens.
         position_in_values (`bool`, *optional*, defaults to `False`):
             Add the image positional encoding to the image tokens themselves before the two-way
             transformer, so that attention reads position in its values, not only in its weights
@@ -72,7 +68,6 @@ class PixtokPromptExtractorConfig(PretrainedConfig):
         hidden_act: str = "relu",
         layer_norm_eps: float = 1e-6,
         grid_tokens: int = 0,
-        grid_tokens_skip_encoder: bool = False,
         position_in_values: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -94,7 +89,6 @@ class PixtokPromptExtractorConfig(PretrainedConfig):
         self.hidden_act = hidden_act
         self.layer_norm_eps = layer_norm_eps
         self.grid_tokens = grid_tokens
-        self.grid_tokens_skip_encoder = grid_tokens_skip_encoder
         self.position_in_values = position_in_values
         super().__init__(**kwargs)
 

@@ -388,10 +388,6 @@ class PixtokModel(PixtokPreTrainedModel):
         sparse, dense = self.prompt_encoder(prompt_coords.to(device), prompt_labels.to(device))
         image_pe = self.prompt_encoder.image_pe()
         prefix = self.extractor(features.fused, image_pe, sparse, dense)
-        extractor_config = self.config.extractor_config
-        grid = None
-        if extractor_config.grid_tokens and extractor_config.grid_tokens_skip_encoder:
-            prefix, grid = prefix[:, : extractor_config.num_tokens], prefix[:, extractor_config.num_tokens :]
         prefix_mask = torch.ones(batch, prefix.shape[1], dtype=torch.long, device=device)
         if input_ids is not None:
             if input_ids.shape[0] != batch:
@@ -404,11 +400,6 @@ class PixtokModel(PixtokPreTrainedModel):
             inputs_embeds, mask = prefix, prefix_mask
         encoder = self.text_model.get_encoder()
         encoder_outputs = encoder(inputs_embeds=inputs_embeds, attention_mask=mask, return_dict=True)
-        if grid is not None:  # the decoder cross-attends them beside the encoder's output
-            states = encoder_outputs.last_hidden_state
-            encoder_outputs = BaseModelOutput(last_hidden_state=torch.cat([states, grid.to(states.dtype)], dim=1))
-            mask = torch.cat([mask, torch.ones(batch, grid.shape[1], dtype=mask.dtype, device=device)], dim=1)
-            prefix = torch.cat([prefix, grid], dim=1)
         return encoder_outputs, mask, features, prefix
 
     def decode(
