@@ -316,7 +316,12 @@ def test_predict_from_a_saved_folder_matches_the_preset_model(tmp_path, cached_m
     assert cli.main(["predict", "--model", "tiny", *argv, "--out", str(tmp_path / "a")]) == 0
     assert cli.main(["predict", "--model", str(folder), *argv, "--out", str(tmp_path / "b")]) == 0
     same = [json.loads((tmp_path / d / "000000229378.json").read_text()) for d in ("a", "b")]
-    assert same[0] == same[1]  # same weights, same seed: same detections
+    # same weights, same seed: same detections (scores equal up to float rounding: the loaded
+    # tensors may sit differently in memory and take another matmul path)
+    assert [{k: v for k, v in d.items() if k != "score"} for d in same[0]] == [
+        {k: v for k, v in d.items() if k != "score"} for d in same[1]
+    ]
+    assert [d["score"] for d in same[0]] == pytest.approx([d["score"] for d in same[1]], abs=1e-5)
     (tmp_path / "empty").mkdir()
     assert cli.main(["predict", "--model", str(tmp_path / "empty"), *argv, "--out", str(tmp_path / "c")]) == 2
 
