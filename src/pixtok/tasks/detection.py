@@ -23,6 +23,18 @@ class DetectionTask(Task):
     main_metric: ClassVar[str] = "AP"
     synthetic_kind: ClassVar[str] = "coco"
     needs_class_names: ClassVar[bool] = True
+    draw_score_threshold: ClassVar[float] = 0.3
+    """Validation pictures hide detections scored below this (Pix2Seq's noise objects score ~0.02)."""
+
+    id2label: dict[int, str] | None = None
+
+    def bind(self, model_config: Any) -> None:
+        """Keep the model's class names for the validation pictures."""
+        names = getattr(model_config, "id2label", None)
+        self.id2label = {int(k): str(v) for k, v in names.items()} if names else None
+
+    def draw_kwargs(self, example: Example, prediction: dict) -> dict[str, Any]:
+        return {"id2label": self.id2label, "score_threshold": self.draw_score_threshold}
 
     def example(self, row: dict[str, Any], sub_index: int, rng: np.random.Generator | None) -> Example:
         objects = row["objects"]
