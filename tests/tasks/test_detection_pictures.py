@@ -13,7 +13,11 @@ def test_pictures_name_classes_and_hide_low_scores(tmp_path):
     task.bind(PixtokConfig.from_preset("tiny", id2label={0: "circle", 1: "square"}))
     image = Image.fromarray(np.full((64, 64, 3), 90, np.uint8))
     example = Example(image=image, target={}, reference={}, image_id="1")
-    confident = {"boxes": np.array([[5.0, 5.0, 30.0, 30.0]]), "scores": np.array([0.9]), "labels": np.array([1])}
+    confident = {
+        "boxes": np.array([[5.0, 5.0, 30.0, 30.0]]),
+        "scores": np.array([0.9]),
+        "labels": np.array([1]),
+    }
     with_noise = {
         "boxes": np.array([[5.0, 5.0, 30.0, 30.0], [35.0, 35.0, 60.0, 60.0]]),
         "scores": np.array([0.9, 0.02]),
