@@ -128,3 +128,16 @@ def test_exponent_without_a_dot_is_a_number():
     """YAML 1.1 reads ``2e-3`` as a string; a numeric field takes it as the number it means."""
     assert load_config(None, {"train.learning_rate": "2e-3"}).train.learning_rate == 2e-3
     assert load_config(None, {"train.max_steps": "40"}).train.max_steps == 40
+
+
+@pytest.mark.parametrize("decoder", ["t5", "plain"])
+def test_localization_probe_trains_and_writes_its_result(tmp_path, decoder):
+    probe = _module("localization_probe")
+    out = tmp_path / "probe.json"
+    result = probe.main(
+        ["--decoder", decoder, "--steps", "2", "--batch-size", "2", "--log-every", "1", "--out", str(out)]
+    )
+    written = json.loads(out.read_text())
+    assert written == result and written["benchmark"] == f"localization_probe_{decoder}"
+    assert [h["step"] for h in written["history"]] == [1, 2]
+    assert 0 <= written["metrics"]["final_median_coord_error_bins"] < 1000
