@@ -46,6 +46,8 @@ import torch
 
 from pixtok.training.recipe import main
 
+from .test_recipes import _args as recipe_args
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "coco_detection.py"
 STEPS = 3
@@ -77,19 +79,12 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def _args(out, cache_dir, steps, batch, *extra):
-    return [
-        "--config",
-        str(ROOT / "recipes" / "configs" / "coco_detection.yaml"),
-        "--output-dir",
-        str(out),
-        "--max-steps",
-        str(steps),
-        "--set",
-        "data.synthetic.num_images=24",
-        "--set",
-        f"data.cache_dir={cache_dir}",
-        "--set",
-        "data.num_val=2",
+    """test_recipes' arguments for the detection recipe, at ``batch`` per process (a later --set wins)."""
+    return recipe_args(
+        "coco_detection",
+        out,
+        cache_dir,
+        steps,
         "--set",
         f"train.batch_size={batch}",
         "--set",
@@ -97,7 +92,7 @@ def _args(out, cache_dir, steps, batch, *extra):
         "--set",
         "train.max_new_tokens=20",
         *extra,
-    ]
+    )
 
 
 def _free_port() -> int:
