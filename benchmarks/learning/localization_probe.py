@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--t5-init", type=float, default=0.1, help="T5 initializer_factor (the `small` preset's 0.1)"
+    )
+    parser.add_argument(
+        "--label-smoothing", type=float, default=0.1, help="pixtok's LM loss smoothing (t5 decoder)"
+    )
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--out", help="write the result JSON here")
     args = parser.parse_args(argv)
@@ -91,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         freeze_text_model=False,
         max_objects=1,
         extractor_config={"grid_tokens": 8, "position_in_values": True},
-        text_config={"initializer_factor": 0.1},  # as the `small` preset trains from scratch
+        text_config={"initializer_factor": args.t5_init},
+        label_smoothing=args.label_smoothing,
     )
     model = PixtokForConditionalGeneration(config)
     processor = PixtokProcessor.from_config(config)
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     result = {
         "benchmark": f"localization_probe_{args.decoder}",
+        "settings": {"t5_init": args.t5_init, "label_smoothing": args.label_smoothing, "lr": args.lr},
         "device": f"cpu ({os.cpu_count()} cores, {args.threads} thread(s))",
         "date": dt.date.today().isoformat(),
         "command": "PYTHONPATH=src python benchmarks/learning/localization_probe.py "
