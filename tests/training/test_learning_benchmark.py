@@ -141,3 +141,15 @@ def test_localization_probe_trains_and_writes_its_result(tmp_path, decoder):
     assert written == result and written["benchmark"] == f"localization_probe_{decoder}"
     assert [h["step"] for h in written["history"]] == [1, 2]
     assert 0 <= written["metrics"]["final_median_coord_error_bins"] < 1000
+
+
+def test_localization_probe_on_the_synthetic_detection_row(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXTOK_CACHE", str(tmp_path / "cache"))
+    probe = _module("localization_probe")
+    result = probe.main(
+        ["--data", "synthetic", "--preset", "tiny", "--num-images", "40", "--val-size", "3"]
+        + ["--steps", "2", "--batch-size", "2", "--log-every", "2", "--decoder", "plain"]
+    )
+    (entry,) = result["history"]
+    assert entry["step"] == 2 and entry["val_loss"] > 0
+    assert result["metrics"]["final_median_coord_error_bins"] == entry["val_median_coord_error_bins"]
