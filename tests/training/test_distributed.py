@@ -20,8 +20,8 @@ Pix2Seq sequence augmentation on, as ``recipes/configs/coco_detection.yaml`` shi
 
 How the processes are started: ``accelerate launch --cpu --num_processes 2`` starts ONE process
 (accelerate's multi-CPU mode needs mpirun), so the test uses ``python -m torch.distributed.run``
-with a small shim (below) that first creates ``PartialState(cpu=True)`` — ``recipe.prepare`` calls
-``PartialState()`` before the Accelerator exists, and without the shim every rank of a GPU-less
+with the CPU shim of ``benchmarks/learning/multigpu.py --cpu-shim``, which first creates
+``PartialState(cpu=True)`` — ``recipe.prepare`` calls ``PartialState()`` before the Accelerator exists, and without the shim every rank of a GPU-less
 torchrun is a lone process (accelerate reads ``ACCELERATE_USE_CPU`` only in ``AcceleratorState``).
 
 FSDP: torch's FSDP2 (``fully_shard``) runs on the CPU with gloo, but accelerate turns FSDP on only
@@ -53,29 +53,8 @@ RECIPE = ROOT / "recipes" / "coco_detection.py"
 STEPS = 3
 BATCH = 2  # per process
 
-SHIM = '''
-"""Run a recipe script as one rank of a CPU (gloo) group started by torch.distributed.run."""
-import os, runpy, sys
-from accelerate import PartialState
-from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType
-
-PartialState(cpu=True)
-if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-    _init = AcceleratorState.__init__
-
-    def _fsdp_on_cpu(self, *args, **kwargs):
-        _init(self, *args, **kwargs)
-        plugin = kwargs.get("fsdp_plugin")
-        if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-            self.distributed_type = DistributedType.FSDP
-            self.fsdp_plugin = plugin
-            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-
-    AcceleratorState.__init__ = _fsdp_on_cpu
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+# one rank of a GPU-less torchrun group: `multigpu.py --cpu-shim SCRIPT ARGS` runs SCRIPT as that rank
+SHIM = ROOT / "benchmarks" / "learning" / "multigpu.py"
 
 
 def _args(out, cache_dir, steps, batch, *extra):
@@ -115,8 +94,6 @@ def _fsdp_env() -> dict[str, str]:
 
 def _launch(tmp_path, args, extra_env=None):
     """Two ranks of the recipe script; returns the output of both (raises if either fails)."""
-    shim = tmp_path / "cpu_shim.py"
-    shim.write_text(SHIM)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
@@ -135,7 +112,8 @@ def _launch(tmp_path, args, extra_env=None):
         "127.0.0.1",
         "--master_port",
         str(_free_port()),
-        str(shim),
+        str(SHIM),
+        "--cpu-shim",
         str(RECIPE),
         *args,
     ]
