@@ -21,8 +21,9 @@ Pix2Seq sequence augmentation on, as ``recipes/configs/coco_detection.yaml`` shi
 How the processes are started: ``accelerate launch --cpu --num_processes 2`` starts ONE process
 (accelerate's multi-CPU mode needs mpirun), so the test uses ``python -m torch.distributed.run``
 with the CPU shim of ``benchmarks/learning/multigpu.py --cpu-shim``, which first creates
-``PartialState(cpu=True)`` — ``recipe.prepare`` calls ``PartialState()`` before the Accelerator exists, and without the shim every rank of a GPU-less
-torchrun is a lone process (accelerate reads ``ACCELERATE_USE_CPU`` only in ``AcceleratorState``).
+``PartialState(cpu=True)`` — ``recipe.prepare`` calls ``PartialState()`` before the Accelerator
+exists, and without the shim every rank of a GPU-less torchrun is a lone process (accelerate reads
+``ACCELERATE_USE_CPU`` only in ``AcceleratorState``).
 
 FSDP: torch's FSDP2 (``fully_shard``) runs on the CPU with gloo, but accelerate turns FSDP on only
 for GPU-like distributed types. The shim turns accelerate's MULTI_CPU state into FSDP with the
