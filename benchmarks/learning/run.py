@@ -74,10 +74,9 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
 
 
 def _read(path: Path) -> dict[str, Any]:
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a YAML mapping at the top level")
-    return raw
+    from pixtok.training.config import read_config_file
+
+    return read_config_file(path)
 
 
 def rows() -> list[str]:

@@ -207,6 +207,21 @@ def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
     )
 
 
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A recipe YAML file as a plain mapping (not validated).
+
+    Raises:
+        ConfigError: the file is missing, or its top level is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+    return raw
+
+
 def load_config(
     path: str | os.PathLike | dict[str, Any] | None, overrides: dict[str, Any] | None = None
 ) -> RecipeConfig:
@@ -224,12 +239,7 @@ def load_config(
     if isinstance(path, dict):
         raw = copy.deepcopy(path)
     elif path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+        raw = read_config_file(path)
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -249,4 +259,5 @@ __all__ = [
     "TrainSection",
     "config_from_dict",
     "load_config",
+    "read_config_file",
 ]
