@@ -57,7 +57,9 @@ class PlainDecoder(nn.Module):
         self.head = nn.Linear(width, vocab_size)
 
     def forward(self, memory: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        inputs = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1].clamp(min=0)], dim=1)
+        from pixtok.model.modeling_pixtok import shift_right
+
+        inputs = shift_right(labels)
         x = self.embed(inputs) + self.position[: inputs.shape[1]]
         causal = nn.Transformer.generate_square_subsequent_mask(inputs.shape[1])
         return self.head(self.norm(self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True)))
