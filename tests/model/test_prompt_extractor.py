@@ -10,20 +10,14 @@ from pixtok.model.configuration_pixtok import PixtokConfig, PixtokPromptExtracto
 from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
 from pixtok.model.vocab import TASKS
 
+from .test_modeling import images as image_inputs
+from .test_modeling import tiny_model as modeling_tiny_model
+
 torch.set_num_threads(1)
 
 
 def tiny_model(**extractor) -> PixtokForConditionalGeneration:
-    torch.manual_seed(0)
-    return PixtokForConditionalGeneration(PixtokConfig.from_preset("tiny", extractor_config=extractor))
-
-
-def image_inputs(config: PixtokConfig, batch: int = 2) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return {
-        "pixel_values": torch.randn(batch, 3, config.image_size, config.image_size, generator=g),
-        "eva_pixel_values": torch.randn(batch, 3, config.eva_image_size, config.eva_image_size, generator=g),
-    }
+    return modeling_tiny_model(extractor_config=extractor)
 
 
 def extractor_call(model: PixtokForConditionalGeneration, inputs: dict[str, torch.Tensor]):
