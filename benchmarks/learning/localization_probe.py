@@ -7,21 +7,32 @@ no augmentation, the ``tiny`` preset from scratch with every weight trained. It 
 teacher-forced median error of the coordinate tokens, in bins of 1000, as training goes.
 
 ``--decoder t5`` trains pixtok as it is (towers → extractor → T5 encoder/decoder → LM head).
-``--decoder plain`` keeps pixtok's towers and extractor and replaces the T5 by a plain pre-norm
-transformer decoder of the same width and depth (learned absolute positions, scaled attention, its
-own untied head, no label smoothing) that cross-attends the extractor's tokens — the shape of
-Pix2Seq's decoder. The gap between the two is what the T5 path costs.
+``--decoder plain`` replaces the T5 by a plain pre-norm transformer decoder of the same width and
+depth (learned absolute positions, scaled attention, its own untied head, no label smoothing) that
+cross-attends the prefix tokens — the shape of Pix2Seq's decoder.
+
+``--encoder`` picks what makes the prefix: ``pixtok`` (the towers and the prompt extractor),
+``grid`` (the towers, then every cell of the fused grid as a token with SAM's positional encoding
+added, no extractor) or ``vit`` (Pix2Seq's encoder in place of the towers: patches on SAM's grid,
+learned positions, pre-norm layers of the T5's width and depth; every cell a token). Crossing the
+two arms says which part of the path is slow to learn where. ``--coord-init sinusoid`` starts the
+coordinate rows of the input embedding and of the LM head as a sinusoidal code of the bin centre
+instead of independent random rows. ``--decoder-positions N`` gives the T5 decoder pixtok's learned
+absolute position table (``config.decoder_position_embeddings``; the ``small`` preset has 512).
 
 ``--data synthetic`` runs the same comparison on the learning benchmark's detection row without
 sequence augmentation (``detection_no_seq_aug``, its preset and data; ``--preset small`` on a GPU),
 and scores the coordinate error on a fixed batch of ``val`` images instead of the training batch.
+The error is the median distance between the wanted bin and the bin the logits rank first among the
+``num_bins`` coordinate tokens, at every coordinate position of the teacher-forced sequence.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/learning/localization_probe.py --decoder t5 --out t5.json
     PYTHONPATH=src python benchmarks/learning/localization_probe.py --decoder plain --out plain.json
     PYTHONPATH=src python benchmarks/learning/localization_probe.py --data synthetic --device cuda \
-        --bf16 --batch-size 128 --lr 5e-4 --warmup 200 --steps 1500 --workers 5 --decoder plain
+        --bf16 --batch-size 128 --lr 5e-4 --warmup 200 --steps 1500 --workers 5 --decoder plain \
+        --encoder vit --time-limit 400
 """
 
 from __future__ import annotations
@@ -65,6 +76,65 @@ class PlainDecoder(nn.Module):
         return self.head(self.norm(self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True)))
 
 
+class PlainEncoder(nn.Module):
+    """Pix2Seq's encoder in place of pixtok's towers: patches, learned positions, pre-norm layers.
+
+    It reads the SAM-normalized pixels and returns its tokens on SAM's grid as both feature maps.
+    """
+
+    def __init__(self, image_size: int, grid: int, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        patch = image_size // grid
+        self.grid = grid
+        self.patch = nn.Conv2d(3, width, patch, stride=patch)
+        self.position = nn.Parameter(torch.randn(grid * grid, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, pixel_values: torch.Tensor, eva_pixel_values: torch.Tensor):
+        from pixtok.model.towers import VisionFeatures
+
+        x = self.patch(pixel_values).flatten(2).transpose(1, 2) + self.position
+        x = self.norm(self.encoder(x)).transpose(1, 2).unflatten(2, (self.grid, self.grid))
+        return VisionFeatures(sam=x, fused=x)
+
+
+class GridTokens(nn.Module):
+    """In place of the extractor: every cell of the fused grid as a prefix token, plus SAM's PE."""
+
+    def __init__(self, channels: int, pe_channels: int, width: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(channels, width)
+        self.pe = nn.Linear(pe_channels, width, bias=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, image_features, image_pe, sparse_embeddings, dense_embeddings) -> torch.Tensor:
+        pe = self.pe(image_pe.to(image_features.dtype).flatten(2).transpose(1, 2))
+        return self.norm(self.proj(image_features.flatten(2).transpose(1, 2)) + pe)
+
+
+def sinusoid_coordinate_rows(weights: list[torch.Tensor], vocab) -> None:
+    """Overwrite the coordinate rows of each (V, D) matrix by a sinusoidal code of the bin centre.
+
+    Frequencies are geometric from 1 to ``num_bins / 2`` cycles per image side, sine and cosine
+    halves; each matrix keeps the root-mean-square its coordinate rows had.
+    """
+    ids = torch.arange(vocab.coord_offset, vocab.coord_offset + vocab.num_bins)
+    for weight in {id(w): w for w in weights}.values():
+        half = weight.shape[1] // 2
+        centres = (torch.arange(vocab.num_bins, dtype=torch.float64) + 0.5) / vocab.num_bins
+        freqs = torch.exp(torch.linspace(0.0, np.log(vocab.num_bins / 2), half, dtype=torch.float64))
+        angles = 2 * np.pi * centres[:, None] * freqs[None]
+        code = torch.cat([angles.sin(), angles.cos()], dim=1)
+        code = torch.nn.functional.pad(code, (0, weight.shape[1] - code.shape[1])).float()
+        with torch.no_grad():
+            scale = weight[ids].pow(2).mean().sqrt() / code.pow(2).mean().sqrt()
+            weight[ids] = (code * scale).to(weight.dtype)
+
+
 def squares(rng: np.random.Generator, n: int) -> tuple[list[Image.Image], list[dict]]:
     images, targets = [], []
     for _ in range(n):
@@ -92,6 +162,7 @@ def square_data(args: argparse.Namespace):
         extractor_config={"grid_tokens": 8, "position_in_values": True},
         text_config={"initializer_factor": args.t5_init},
         label_smoothing=args.label_smoothing,
+        decoder_position_embeddings=args.decoder_positions or 0,
     )
     model = PixtokForConditionalGeneration(config)
     processor = PixtokProcessor.from_config(config)
@@ -119,6 +190,8 @@ def synthetic_data(args: argparse.Namespace):
         "model.overrides.text_config.initializer_factor": args.t5_init,
         "model.overrides.label_smoothing": args.label_smoothing,
     }
+    if args.decoder_positions is not None:
+        overrides["model.overrides.decoder_position_embeddings"] = args.decoder_positions
     if args.num_images:
         overrides["data.synthetic.num_images"] = args.num_images
     recipe = row_config("detection_no_seq_aug", overrides)
@@ -143,6 +216,12 @@ def synthetic_data(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decoder", choices=("t5", "plain"), default="t5")
+    parser.add_argument(
+        "--encoder",
+        choices=("pixtok", "grid", "vit"),
+        default="pixtok",
+        help="pixtok: towers + extractor; grid: towers, every grid cell a token; vit: a plain ViT, every cell a token",
+    )
     parser.add_argument("--data", choices=("squares", "synthetic"), default="squares")
     parser.add_argument("--preset", default="small", help="model preset of --data synthetic")
     parser.add_argument("--num-images", type=int, help="synthetic benchmark size (default: the row's)")
@@ -161,6 +240,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--label-smoothing", type=float, default=0.1, help="pixtok's LM loss smoothing (t5 decoder)"
     )
+    parser.add_argument(
+        "--coord-init",
+        choices=("random", "sinusoid"),
+        default="random",
+        help="sinusoid: coordinate rows of the embedding and LM head start as a sinusoidal code of the bin",
+    )
+    parser.add_argument(
+        "--decoder-positions",
+        type=int,
+        help="the T5 decoder's absolute position table (config.decoder_position_embeddings; "
+        "default: none on squares, the preset's on synthetic)",
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=0.0, help="stop after this many seconds (0: none)"
+    )
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--out", help="write the result JSON here")
     args = parser.parse_args(argv)
@@ -171,8 +265,24 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     config = model.config
     text = config.text_config
+    inner = model.model
+    if args.encoder == "vit":
+        vision = config.vision_config
+        grid = vision.image_size // vision.patch_size
+        inner.towers = PlainEncoder(vision.image_size, grid, text.d_model, text.num_layers, text.num_heads)
+    if args.encoder != "pixtok":
+        channels = text.d_model if args.encoder == "vit" else inner.extractor.image_proj.in_channels
+        inner.extractor = GridTokens(channels, inner.extractor.pe_proj.in_channels, text.d_model)
     max_length = 16 if args.data == "squares" else 5 * config.max_objects + 16
     plain = PlainDecoder(text.vocab_size, text.d_model, text.num_decoder_layers, text.num_heads, max_length)
+    if args.coord_init == "sinusoid":
+        rows = [
+            inner.text_model.get_input_embeddings().weight,
+            inner.text_model.get_output_embeddings().weight,
+            plain.embed.weight,
+            plain.head.weight,
+        ]
+        sinusoid_coordinate_rows(rows, config.vocab)
     model.to(device).train()
     plain.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -197,8 +307,10 @@ def main(argv: list[str] | None = None) -> dict:
         return loss, logits, labels
 
     def coordinate_error(logits: torch.Tensor, labels: torch.Tensor) -> float:
+        """Median |bin chosen - bin wanted| over the coordinate positions, choosing among bins only."""
         coord = (labels >= vocab.coord_offset) & (labels < vocab.coord_offset + vocab.num_bins)
-        return (logits.detach().argmax(-1)[coord] - labels[coord]).abs().float().median().item()
+        bins = logits.detach()[..., vocab.coord_offset : vocab.coord_offset + vocab.num_bins].argmax(-1)
+        return (bins[coord] - (labels[coord] - vocab.coord_offset)).abs().float().median().item()
 
     history = []
     started = time.time()
@@ -208,7 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
         loss.backward()
         optimizer.step()
         schedule.step()
-        if step % args.log_every == 0 or step == args.steps:
+        stop = step >= args.steps or (args.time_limit and time.time() - started > args.time_limit)
+        if step % args.log_every == 0 or stop:
             entry = {
                 "step": step,
                 "loss": round(loss.item(), 4),
@@ -225,22 +338,32 @@ def main(argv: list[str] | None = None) -> dict:
                 entry["val_median_coord_error_bins"] = coordinate_error(val_logits, val_labels)
             history.append(entry)
             print(
-                f"{args.decoder} step {step}: "
+                f"{args.encoder}/{args.decoder} step {step}: "
                 + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step")
                 + f" (bins of {vocab.num_bins}; {time.time() - started:.0f} s)",
                 flush=True,
             )
-        if step >= args.steps:
+        if stop:
             break
     final = history[-1]
     result = {
-        "benchmark": f"localization_probe_{args.decoder}",
+        "benchmark": f"localization_probe_{args.decoder}"
+        + ("" if args.encoder == "pixtok" else f"_{args.encoder}")
+        + ("" if args.coord_init == "random" else f"_{args.coord_init}")
+        + (
+            f"_pos{config.decoder_position_embeddings}"
+            if args.decoder == "t5" and config.decoder_position_embeddings
+            else ""
+        ),
         "settings": {
             "data": args.data,
+            "encoder": args.encoder,
             "t5_init": args.t5_init,
             "label_smoothing": args.label_smoothing,
             "lr": args.lr,
             "batch_size": args.batch_size,
+            "coord_init": args.coord_init,
+            "decoder_positions": config.decoder_position_embeddings,
         },
         "device": f"cpu ({os.cpu_count()} cores, {args.threads} thread(s))"
         if device.type == "cpu"
@@ -252,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
             "final_median_coord_error_bins": final.get(
                 "val_median_coord_error_bins", final["median_coord_error_bins"]
             ),
-            "steps": args.steps,
+            "steps": final["step"],
             "seconds": round(time.time() - started, 1),
         },
         "history": history,

@@ -158,6 +158,12 @@ class PixtokConfig(PretrainedConfig):
             Closed-set class names, one ``<cls_c>`` token each.
         max_objects (`int`, *optional*, defaults to 100):
             Most objects a detection sequence holds (decode budget ``5 * max_objects + 1``).
+        decoder_position_embeddings (`int`, *optional*, defaults to 0):
+            Rows of a learned absolute position table added to the T5 decoder's input embeddings, as
+            Pix2Seq's decoder has (0: none, the T5 as released, with relative positions only). With
+            it, a T5 trained from scratch finds a token's place in the five-token object grammar far
+            sooner (``benchmarks/learning/localization_probe.py``). Decoding stops at this many
+            steps.
         num_proposals (`int`, *optional*, defaults to 20):
             Boxes the proposal head keeps per image for dense captioning.
         trace_head_hidden_size (`int`, *optional*, defaults to 256):
@@ -234,6 +240,7 @@ class PixtokConfig(PretrainedConfig):
         open_vocabulary: bool = False,
         id2label: dict[int, str] | None = None,
         max_objects: int = 100,
+        decoder_position_embeddings: int = 0,
         num_proposals: int = 20,
         trace_head_hidden_size: int = 256,
         trace_head_num_layers: int = 3,
@@ -297,6 +304,9 @@ class PixtokConfig(PretrainedConfig):
         self.num_sentinel_tokens = num_sentinel_tokens
         self.open_vocabulary = open_vocabulary
         self.max_objects = max_objects
+        if decoder_position_embeddings < 0:
+            raise ValueError(f"decoder_position_embeddings must be >= 0, got {decoder_position_embeddings}")
+        self.decoder_position_embeddings = decoder_position_embeddings
         self.num_proposals = num_proposals
         self.trace_head_hidden_size = trace_head_hidden_size
         self.trace_head_num_layers = trace_head_num_layers

@@ -337,6 +337,8 @@ class StaticT5Decoder:
         kernels: ``"torch"`` (stock ops) or ``"triton"`` (CUDA, batch <= 4: fused norm+matrix-vector
             and one-query attention kernels, 8 per layer; the norm weights are folded into the
             following matrices, so results differ from ``"torch"`` by rounding only).
+        position_embeddings: optional (P, D) absolute position table added to the input embedding
+            at each step (pixtok's ``decoder_position_embeddings``); decoding stops at P steps.
     """
 
     def __init__(
@@ -351,6 +353,7 @@ class StaticT5Decoder:
         attention: str = "sdpa",
         compile_layers: bool = False,
         kernels: str = "torch",
+        position_embeddings: Tensor | None = None,
     ) -> None:
         if hasattr(t5, "get_base_model"):  # a peft PeftModel: read the injected layers underneath
             t5 = t5.get_base_model()
@@ -358,6 +361,12 @@ class StaticT5Decoder:
             raise TypeError(f"expected a T5ForConditionalGeneration, got {type(t5).__name__}")
         if max_batch_size < 1 or max_length < 1 or max_encoder_length < 1:
             raise ValueError("max_batch_size, max_length and max_encoder_length must be positive")
+        if position_embeddings is not None and max_length > position_embeddings.shape[0] + 1:
+            # the last step's token is never fed back: max_length steps read max_length - 1 rows
+            raise ValueError(
+                f"max_length {max_length} needs {max_length - 1} decoder positions; the position table "
+                f"has {position_embeddings.shape[0]}"
+            )
         if attention not in ("sdpa", "bmm"):
             raise ValueError(f"attention must be 'sdpa' or 'bmm', got {attention!r}")
         config = t5.config
@@ -407,6 +416,12 @@ class StaticT5Decoder:
         with torch.no_grad():
             self._load_weights(t5)
             self._alloc_buffers(t5)
+            # rows past the table are zero: only the cache's rounding slack reaches them
+            self.positions = None
+            if position_embeddings is not None:
+                self.positions = torch.zeros(self.max_length, self.d_model, device=self.device, dtype=dtype)
+                rows = min(self.max_length, position_embeddings.shape[0])
+                self.positions[:rows] = self._w(position_embeddings[:rows])
         self._batch = 0
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._row_cache: dict[tuple, tuple[list[Tensor], list[Tensor]]] = {}
@@ -550,6 +565,13 @@ class StaticT5Decoder:
             out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
         return out.reshape(bsz, self.inner_dim)
 
+    def _embed(self, input_ids: Tensor) -> Tensor:
+        """(B,) ids -> (B, D) input embeddings at ``self.position`` (the position row added)."""
+        x = F.embedding(input_ids, self.embedding)
+        if self.positions is not None:
+            x = x + self.positions.index_select(0, self.position)
+        return x
+
     def _decoder_hidden(self, input_ids: Tensor) -> Tensor:
         """Run every layer for one token per sequence at ``self.position``.
 
@@ -562,7 +584,7 @@ class StaticT5Decoder:
         bsz = input_ids.shape[0]
         h, d = self.num_heads, self.head_dim
         pos = self.position
-        x = F.embedding(input_ids, self.embedding)  # (B, D)
+        x = self._embed(input_ids)  # (B, D)
         self_bias = self.self_bias.index_select(0, pos).unsqueeze(2)  # (1, H, 1, T)
         cross_bias = self.cross_mask[:bsz]  # (B, 1, 1, Le)
         for i, layer in enumerate(self.layers):
@@ -591,7 +613,7 @@ class StaticT5Decoder:
         bsz = input_ids.shape[0]
         h, d = self.num_heads, self.head_dim
         inner = self.inner_dim
-        x = F.embedding(input_ids, self.embedding)
+        x = self._embed(input_ids)
         self_bias = self.self_bias
         length, enc_len = self.max_length, self.max_encoder_length
         for i, layer in enumerate(self.layers):

@@ -116,7 +116,15 @@ class PixtokGenerationMixin:
         cached = self.__dict__.get("_decode_engine")
         if cached is not None and cached[0] == key:
             return cached[1]
-        engine = StaticT5Decoder(text, batch_size, max_length, dtype=dtype, device=device)
+        positions = self.model.decoder_positions
+        engine = StaticT5Decoder(
+            text,
+            batch_size,
+            max_length,
+            dtype=dtype,
+            device=device,
+            position_embeddings=None if positions is None else positions.weight.detach(),
+        )
         added = self.model.added_tokens
         if added is not None:  # the frozen-T5 case: pixtok's own rows learn as deltas
             # clone first: on the T5's own device and dtype the engine's tensors share its storage
@@ -229,6 +237,12 @@ class PixtokGenerationMixin:
             temperature=1.0 if temperature is None else temperature,
             eos_logit_offset=0.0 if eos_logit_offset is None else eos_logit_offset,
         ).for_task(task, max_objects=self.config.max_objects)
+        positions = self.config.decoder_position_embeddings
+        if positions and options.max_new_tokens > positions:
+            raise ValueError(
+                f"max_new_tokens {options.max_new_tokens} exceeds the model's {positions} decoder "
+                "positions (config.decoder_position_embeddings)"
+            )
         features = self.model.cached_features(image_embeddings, fused_features)
         if features is None:
             features = self.model.encode_images(pixel_values, eva_pixel_values)

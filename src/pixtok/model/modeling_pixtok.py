@@ -183,6 +183,8 @@ class PixtokPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.tokens, std=0.02)
         elif isinstance(module, SamPositionalEmbedding):
             reset_positional_encoding(module)
+        elif isinstance(module, DecoderPositions):
+            nn.init.normal_(module.weight, std=module.init_std)
         elif isinstance(module, ProposalHead):
             nn.init.constant_(module.objectness.bias, -4.6)  # objectness prior 0.01
         elif isinstance(module, AddedTokenRows):
@@ -190,6 +192,38 @@ class PixtokPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.head_delta)
         elif isinstance(module, PixtokForConditionalGeneration):
             nn.init.zeros_(module.mask_prompt_embed)
+
+
+class DecoderPositions(nn.Module):
+    """A learned absolute position table for the T5 decoder's input embeddings (Pix2Seq's decoder).
+
+    Args:
+        num_positions: rows; decoding and training sequences may not be longer.
+        hidden_size: T5 ``d_model``.
+        init_std: std of the initial rows (the T5 embedding's init std, so that positions and
+            tokens start at the same scale).
+    """
+
+    def __init__(self, num_positions: int, hidden_size: int, init_std: float) -> None:
+        super().__init__()
+        self.init_std = init_std
+        self.weight = nn.Parameter(torch.empty(num_positions, hidden_size))
+        nn.init.normal_(self.weight, std=init_std)
+
+    def forward(self, embeddings: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(B, T, D) decoder input embeddings of positions ``start .. start + T - 1``, positions added.
+
+        Raises:
+            ValueError: the positions run past the table.
+        """
+        end = start + embeddings.shape[1]
+        if end > self.weight.shape[0]:
+            raise ValueError(
+                f"decoder position {end - 1} is past the {self.weight.shape[0]}-row position table "
+                "(config.decoder_position_embeddings): shorten the sequence (max_objects, "
+                "max_new_tokens) or build the model with a longer table"
+            )
+        return embeddings + self.weight[start:end].to(embeddings.dtype)
 
 
 def _parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
@@ -223,6 +257,13 @@ class PixtokModel(PixtokPreTrainedModel):
         self.added_tokens = (
             AddedTokenRows(config.base_vocab_size, text_config.vocab_size, text_config.d_model)
             if config.freeze_text_model
+            else None
+        )
+        self.decoder_positions = (
+            DecoderPositions(
+                config.decoder_position_embeddings, text_config.d_model, text_config.initializer_factor
+            )
+            if config.decoder_position_embeddings
             else None
         )
         self.post_init()
@@ -423,6 +464,9 @@ class PixtokModel(PixtokPreTrainedModel):
             logits (B, T, V), last decoder states (B, T, d_model), cache.
         """
         embeds = self.embed_tokens(decoder_input_ids, check=past_key_values is None)
+        if self.decoder_positions is not None:
+            start = 0 if past_key_values is None else past_key_values.get_seq_length()
+            embeds = self.decoder_positions(embeds, start)
         out = self.text_model(
             encoder_outputs=encoder_outputs,
             attention_mask=encoder_attention_mask,

@@ -13,7 +13,8 @@ Sub-config entries are plain dicts of the matching config class's keyword argume
   masks), EVA02 4 x 192 at 128 px / 8 px patches (the same grid), a 6 + 6 layer T5 of width 384,
   the tiny tokenizer, T5 initialised at a 0.1 scale for training from scratch; the extractor hands
   the T5 its 32 tokens plus 8 x 8 pooled, position-encoded grid tokens (``grid_tokens``,
-  ``position_in_values``: without them, coordinates did not learn from scratch); 44 M parameters.
+  ``position_in_values``), and the T5 decoder gets a learned absolute position table
+  (``decoder_position_embeddings``, 512 rows) as Pix2Seq's decoder has; 44 M parameters.
 - ``base``: SAM ViT-B + EVA02-B/14 at 448 px + T5-base.
 - ``large``: SAM ViT-L + EVA02-L/14 at 448 px + Flan-T5-large.
 - ``pixelllm-xl``: the paper's model, SAM ViT-H + EVA02-L/14 + Flan-T5-XL with LoRA rank 32 on
@@ -208,6 +209,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "grid_tokens": 8,
             "position_in_values": True,
         },
+        # from scratch, the T5's relative positions alone make it slow to find a token's place in
+        # the 5-token object grammar; Pix2Seq's learned absolute positions cut the coordinate error
+        # ~3x at equal steps (benchmarks/learning/localization_probe.py, RESULTS.md)
+        "decoder_position_embeddings": 512,
         "base_vocab_size": TINY_BASE_VOCAB_SIZE,
         "trace_head_hidden_size": 256,
         "box_head_hidden_size": 256,
