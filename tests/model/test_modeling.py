@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pixtok.model.configuration_pixtok import PixtokConfig
-from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration, eos_positions, shift_right
+from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration, shift_right
 from pixtok.model.vocab import EOS_ID, TASKS
 
 torch.set_num_threads(1)  # tiny matmuls: threads only add contention on a shared 2-core runner
@@ -167,9 +167,28 @@ def test_full_fine_tuning_without_lora_trains_the_t5() -> None:
     assert not any("lora_" in n for n, _ in model.named_parameters())
 
 
-def test_eos_positions_and_shift_right() -> None:
+def test_box_head_cannot_read_the_teacher_forced_box() -> None:
+    """Under teacher forcing the referring answer's coordinate tokens are decoder inputs; the box head
+    must not see them, or it learns to copy a box that generation does not have."""
+    model = tiny_model().eval()
+    config = model.config
+    coord = config.vocab.coord_offset
+    inputs = {**images(config), "input_ids": torch.tensor([[config.vocab.task_id("referring"), 9]] * 2)}
+    boxes = []
+    for first in (10, 900):
+        labels = torch.tensor([[coord + first, coord + 20, coord + 500, coord + 600, EOS_ID]] * 2)
+        with torch.no_grad():
+            out = model(**inputs, labels=labels)
+        boxes.append(out.pred_boxes)
+        states = out.logits  # the coordinates do reach later decoder steps
+    torch.testing.assert_close(boxes[0], boxes[1])
+    with torch.no_grad():
+        other = model(**inputs, labels=labels.roll(1, dims=1)).logits
+    assert not torch.allclose(states[:, 1:], other[:, 1:])
+
+
+def test_shift_right() -> None:
     labels = torch.tensor([[5, 6, EOS_ID, -100], [7, 8, 9, 10], [EOS_ID, -100, -100, -100]])
-    assert eos_positions(labels).tolist() == [2, 3, 0]
     assert shift_right(labels).tolist() == [[0, 5, 6, EOS_ID], [0, 7, 8, 9], [0, EOS_ID, 0, 0]]
 
 
@@ -209,6 +228,7 @@ def test_generate_matches_a_full_forward_pass(task: str) -> None:
         assert (gen.sequences[:, 4] == EOS_ID).all()
         assert gen.boxes.shape == (2, 4) and (gen.boxes[:, 2:] >= gen.boxes[:, :2]).all()
         assert gen.masks.shape == (2, config.mask_size, config.mask_size)
+        torch.testing.assert_close(full.pred_boxes, gen.boxes, rtol=1e-4, atol=1e-5)  # same state read
         torch.testing.assert_close(model.box_head(full.logits.new_zeros(0, 64)).shape, torch.Size([0, 4]))
     else:
         assert gen.boxes is None and gen.masks is None

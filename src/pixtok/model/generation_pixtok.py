@@ -34,7 +34,7 @@ class PixtokGenerateOutput(ModelOutput):
         sequences: (B', T) long generated ids without the start token, 0 after EOS.
         token_scores: (B', T) float probability of each chosen token under the grammar-masked softmax.
         points: (B', T, 2) xy model space, the trace head on every generated state.
-        boxes: (B', 4) xyxy model space from the box head at the EOS state (`referring`), else `None`.
+        boxes: (B', 4) xyxy model space from the box head at the first output step's state (`referring`), else `None`.
         masks: (B', 4g, 4g) mask logits (`referring`), else `None`.
         proposals: (B, K, 4) xyxy model space (`dense_caption`), else `None`.
         proposal_scores: (B, K) objectness probabilities (`dense_caption`), else `None`.
@@ -291,9 +291,7 @@ class PixtokGenerationMixin:
         points = self.trace_head(result.hidden_states)
         boxes = masks = None
         if task == "referring":
-            last = (result.lengths - 1).clamp(min=0)
-            eos_state = result.hidden_states[torch.arange(result.hidden_states.shape[0]), last]
-            boxes = self.box_head(eos_state)
+            boxes = self.box_head(result.hidden_states[:, 0])  # the state forward() trains it on
             masks = self.predict_masks(features.sam, boxes)[:, 0]
         return PixtokGenerateOutput(
             sequences=result.sequences,

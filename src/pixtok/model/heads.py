@@ -183,7 +183,13 @@ class TraceHead(nn.Module):
 
 
 class BoxHead(nn.Module):
-    """The EOS decoder state -> the referred box.
+    """A decoder state -> the referred box.
+
+    PixelLLM regresses the box at the EOS state of an empty answer. pixtok's referring answer writes
+    the box as four coordinate tokens before EOS, and under teacher forcing the EOS state has read the
+    target's coordinates as inputs: a head trained there learns to copy them, and at inference copies
+    the model's own (wrong) ones. The model therefore feeds this head the first output step's state,
+    which has read only the image and the prompt, in training and in generation alike.
 
     Args:
         input_size: decoder width (T5 ``d_model``).
@@ -195,9 +201,9 @@ class BoxHead(nn.Module):
         super().__init__()
         self.mlp = MLP(input_size, hidden_size, 4, num_layers)
 
-    def forward(self, eos_state: torch.Tensor) -> torch.Tensor:
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, 4) xyxy model space (predicted as centre/size in (0, 1), so x0 <= x1)."""
-        return cxcywh_to_xyxy(self.mlp(eos_state).sigmoid())
+        return cxcywh_to_xyxy(self.mlp(state).sigmoid())
 
 
 class ProposalHead(nn.Module):

@@ -11,7 +11,7 @@ Reading order (one batch, shapes as in ``docs/ARCHITECTURE.md``)::
     input_ids (B,Lp) -> T5 token embeddings; encoder input = prefix ++ text  (PrefixLM)
         -> T5 encoder -> T5 decoder (labels shifted right) -> logits (B,T,V), states (B,T,d_model)
     heads: LM (label-smoothed, weighted CE) | trace MLP per state -> points (B,T,2)
-           | box MLP at the EOS state -> pred_boxes (B,4) | SAM mask decoder prompted with the box
+           | box MLP at the first output state -> pred_boxes (B,4) | SAM mask decoder prompted with the box
            (+ a learnable embedding) -> pred_masks (B,1,4g,4g) | proposal head on fused -> boxes
 
 Every coordinate is in model space (normalized to the padded square), boxes ``xyxy``.
@@ -98,7 +98,7 @@ class PixtokOutput(ModelOutput):
         lm_loss, trace_loss, box_loss, mask_loss, proposal_loss: scalars or `None`.
         logits: (B, T, V).
         points: (B, T, 2) xy model space, one per decoder position.
-        pred_boxes: (B, 4) xyxy model space, from the EOS state.
+        pred_boxes: (B, 4) xyxy model space, from the first output step's state.
         pred_masks: (B, 1, 4g, 4g) mask logits (only when mask targets were given).
         proposal_logits: (B, g*g) objectness logits (only with proposal targets).
         proposal_boxes: (B, g*g, 4) xyxy model space (only with proposal targets).
@@ -611,15 +611,6 @@ def shift_right(labels: torch.Tensor) -> torch.Tensor:
     return shifted.masked_fill(shifted == -100, PAD_ID)
 
 
-def eos_positions(labels: torch.Tensor) -> torch.Tensor:
-    """(B, T) labels -> (B,) index of the first EOS target (the last target when there is none)."""
-    positions = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
-    big = labels.shape[1]
-    first_eos = torch.where(labels == EOS_ID, positions, big).min(dim=1).values
-    last_valid = torch.where(labels != -100, positions, -1).max(dim=1).values.clamp(min=0)
-    return torch.where(first_eos < big, first_eos, last_valid)
-
-
 class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, PixtokPreTrainedModel):
     """:class:`PixtokModel` plus PixelLLM's heads, their losses and grammar-constrained generation.
 
@@ -743,7 +734,7 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             labels: (B, T) long targets, -100 on padding.
             label_weights: (B, T) per-token weights; default 1, ``config.eos_weight`` on EOS.
             point_targets, point_mask: (B, T, 2) xy model space, (B, T) bool — trace head.
-            box_targets, box_mask: (B, 4) xyxy model space, (B,) bool — box head (EOS state).
+            box_targets, box_mask: (B, 4) xyxy model space, (B,) bool — box head (first output state).
             mask_targets, mask_valid: (B, 4g, 4g) in [0, 1], (B,) bool — mask decoder, prompted
                 with ``box_targets`` on rows with ``box_mask`` (teacher forcing), else the predicted box.
             proposal_boxes, proposal_mask: (B, N, 4) xyxy model space, (B, N) bool — proposal head.
@@ -775,11 +766,9 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
 
         if states is not None:
             points = self.trace_head(states)
-            if labels is not None:
-                eos_state = states[torch.arange(states.shape[0], device=states.device), eos_positions(labels)]
-            else:
-                eos_state = states[:, -1]
-            pred_boxes = self.box_head(eos_state)
+            # the first output step's state: it has read the image and the prompt but no coordinate
+            # token, so teacher forcing cannot hand the box head the target box (see BoxHead)
+            pred_boxes = self.box_head(states[:, 0])
         if labels is not None and logits is not None:
             if labels.shape != logits.shape[:2]:
                 raise ValueError(
@@ -937,7 +926,6 @@ __all__ = [
     "PixtokModelOutput",
     "PixtokOutput",
     "PixtokPreTrainedModel",
-    "eos_positions",
     "extend_vocabulary_rows",
     "shift_right",
 ]
