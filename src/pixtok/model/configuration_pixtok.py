@@ -171,7 +171,7 @@ class PixtokConfig(PretrainedConfig):
         trace_head_num_layers (`int`, *optional*, defaults to 3):
             Linear layers of the trace MLP.
         box_head_hidden_size (`int`, *optional*, defaults to 256):
-            Hidden width of the box MLP (EOS state -> box).
+            Hidden width of the box MLP (first output state -> box).
         box_head_num_layers (`int`, *optional*, defaults to 3):
             Linear layers of the box MLP.
         proposal_head_hidden_size (`int`, *optional*, defaults to 256):

@@ -1,7 +1,8 @@
 """Referring localization and segmentation (RefCOCO/+/g): expression → box (+ mask).
 
 The units are ``(row, expression)`` pairs. The decoder writes the box as four coordinate tokens
-and the box head regresses it at the EOS state (PixelLLM); the SAM mask decoder, prompted with the
+and the box head regresses it from the first output step's state (the state before any coordinate
+token is read back; PixelLLM's EOS state of an empty answer); the SAM mask decoder, prompted with the
 predicted box, gives the mask. Flips are off for this task unless the augmentation swaps
 left/right words (see :mod:`pixtok.data.augment`).
 """
