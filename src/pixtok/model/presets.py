@@ -211,7 +211,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         # from scratch, the T5's relative positions alone make it slow to find a token's place in
         # the 5-token object grammar; Pix2Seq's learned absolute positions cut the coordinate error
-        # ~3x at equal steps (benchmarks/learning/localization_probe.py, RESULTS.md)
+        # ~2x at equal steps (benchmarks/learning/localization_probe.py, RESULTS.md)
         "decoder_position_embeddings": 512,
         "base_vocab_size": TINY_BASE_VOCAB_SIZE,
         "trace_head_hidden_size": 256,
