@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pixtok.training.config import ConfigError, load_config
 
@@ -141,6 +142,31 @@ def test_localization_probe_trains_and_writes_its_result(tmp_path, decoder):
     assert written == result and written["benchmark"] == f"localization_probe_{decoder}"
     assert [h["step"] for h in written["history"]] == [1, 2]
     assert 0 <= written["metrics"]["final_median_coord_error_bins"] < 1000
+
+
+@pytest.mark.parametrize("encoder", ["grid", "vit"])
+def test_localization_probe_swaps_the_prefix(encoder):
+    """The grid and vit arms replace the extractor (and for vit the towers) and still train the T5."""
+    probe = _module("localization_probe")
+    result = probe.main(
+        ["--encoder", encoder, "--decoder", "t5", "--decoder-positions", "8", "--coord-init", "sinusoid"]
+        + ["--steps", "2", "--batch-size", "2", "--log-every", "2"]
+    )
+    assert result["benchmark"] == f"localization_probe_t5_{encoder}_sinusoid_pos8"
+    assert result["settings"]["decoder_positions"] == 8 and result["metrics"]["steps"] == 2
+
+
+def test_sinusoid_coordinate_rows_keep_the_scale_and_order_the_bins():
+    probe = _module("localization_probe")
+    vocab = type("V", (), {"coord_offset": 3, "num_bins": 50})()
+    weight = torch.randn(60, 16)
+    before = weight[3:53].pow(2).mean()
+    probe.sinusoid_coordinate_rows([weight], vocab)
+    torch.testing.assert_close(weight[3:53].pow(2).mean(), before)
+    rows = weight[3:53]
+    near = torch.cosine_similarity(rows[:-1], rows[1:], dim=1).mean()  # neighbouring bins
+    far = torch.cosine_similarity(rows[:-25], rows[25:], dim=1).mean()  # half the range apart
+    assert near > 0.3 and near > far + 0.15  # random rows give ~0 for both
 
 
 def test_localization_probe_on_the_synthetic_detection_row(tmp_path, monkeypatch):
