@@ -476,8 +476,8 @@ def attention_maps(
     output token is the product of both: decoder cross-attention (averaged over layers and heads,
     restricted to the extractor tokens) times the extractor's token→image attention (averaged over
     heads), cropped to the image content. Grid tokens (``extractor_config.grid_tokens``) each stand
-    for one pooled block of the grid, so attention to them maps onto that block directly. Detection groups the 5 tokens of each object; other tasks
-    use single tokens.
+    for one pooled block of the grid, so attention to them maps onto that block directly. Detection
+    groups the 5 tokens of each object; other tasks use single tokens.
 
     Args:
         predictor: after a :meth:`ModelPredictor.predict` call on one image.

@@ -34,7 +34,8 @@ class PixtokGenerateOutput(ModelOutput):
         sequences: (B', T) long generated ids without the start token, 0 after EOS.
         token_scores: (B', T) float probability of each chosen token under the grammar-masked softmax.
         points: (B', T, 2) xy model space, the trace head on every generated state.
-        boxes: (B', 4) xyxy model space from the box head at the first output step's state (`referring`), else `None`.
+        boxes: (B', 4) xyxy model space from the box head at the first output step's state
+            (`referring`), else `None`.
         masks: (B', 4g, 4g) mask logits (`referring`), else `None`.
         proposals: (B, K, 4) xyxy model space (`dense_caption`), else `None`.
         proposal_scores: (B, K) objectness probabilities (`dense_caption`), else `None`.

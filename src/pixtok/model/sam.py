@@ -176,16 +176,6 @@ class SamPromptEncoder(nn.Module):
         )
         self.prompt_encoder = _HFSamPromptEncoder(sam_config)
 
-    def reset_positional_encoding(self) -> None:
-        """Draw the random Fourier frequencies as segment-anything does: N(0, 1).
-
-        transformers draws them with std ``hidden_size / 2`` (128 for a 256-wide SAM), which only
-        pretrained checkpoints overwrite. Trained from scratch with that table, the encoding
-        repeats ~100 times across the image: neighbouring grid cells get unrelated codes, so
-        nothing downstream can read a coordinate from it (the table is fixed, never trained).
-        """
-        nn.init.normal_(self.prompt_encoder.shared_embedding.positional_embedding, std=1.0)
-
     @property
     def image_size(self) -> int:
         """Side S of the SAM input frame, pixels."""
