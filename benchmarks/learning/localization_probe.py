@@ -19,6 +19,10 @@ two arms says which part of the path is slow to learn where. ``--coord-init sinu
 coordinate rows of the input embedding and of the LM head as a sinusoidal code of the bin centre
 instead of independent random rows. ``--decoder-positions N`` gives the T5 decoder pixtok's learned
 absolute position table (``config.decoder_position_embeddings``; the ``small`` preset has 512).
+``--t5-init`` and ``--unscaled-outputs`` undo the ``small`` preset's T5 recipe for training from
+scratch (T5's own ``initializer_factor`` 1.0, the last decoder state scaled by ``d_model**-0.5``
+before the LM head): an ``initializer_factor`` of 0.1 also shrinks every RMSNorm weight, and the
+T5 learns coordinates several times slower.
 
 ``--data synthetic`` runs the same comparison on the learning benchmark's detection row without
 sequence augmentation (``detection_no_seq_aug``, its preset and data; ``--preset small`` on a GPU),
@@ -160,7 +164,7 @@ def square_data(args: argparse.Namespace):
         freeze_text_model=False,
         max_objects=1,
         extractor_config={"grid_tokens": 8, "position_in_values": True},
-        text_config={"initializer_factor": args.t5_init},
+        text_config={"initializer_factor": args.t5_init, "tie_word_embeddings": not args.unscaled_outputs},
         label_smoothing=args.label_smoothing,
         decoder_position_embeddings=args.decoder_positions or 0,
     )
@@ -190,6 +194,8 @@ def synthetic_data(args: argparse.Namespace):
         "model.overrides.text_config.initializer_factor": args.t5_init,
         "model.overrides.label_smoothing": args.label_smoothing,
     }
+    if args.unscaled_outputs:
+        overrides["model.overrides.text_config.tie_word_embeddings"] = False
     if args.decoder_positions is not None:
         overrides["model.overrides.decoder_position_embeddings"] = args.decoder_positions
     if args.num_images:
@@ -235,7 +241,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument(
-        "--t5-init", type=float, default=0.1, help="T5 initializer_factor (the `small` preset's 0.1)"
+        "--t5-init", type=float, default=1.0, help="T5 initializer_factor (the `small` preset's 1.0)"
+    )
+    parser.add_argument(
+        "--unscaled-outputs",
+        action="store_true",
+        help="do not scale the last T5 decoder state by d_model**-0.5 before the LM head (T5 v1.1; "
+        "text_config tie_word_embeddings=False); the `small` preset scales it, as T5 v1.0 does",
     )
     parser.add_argument(
         "--label-smoothing", type=float, default=0.1, help="pixtok's LM loss smoothing (t5 decoder)"
@@ -359,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
             "data": args.data,
             "encoder": args.encoder,
             "t5_init": args.t5_init,
+            "t5_scaled_outputs": not args.unscaled_outputs,
             "label_smoothing": args.label_smoothing,
             "lr": args.lr,
             "batch_size": args.batch_size,

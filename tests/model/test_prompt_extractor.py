@@ -39,18 +39,22 @@ def extractor_call(model: PixtokForConditionalGeneration, inputs: dict[str, torc
     return seen
 
 
-def test_grid_tokens_are_the_pooled_position_encoded_image_tokens() -> None:
-    model = tiny_model(grid_tokens=4).eval()
+@pytest.mark.parametrize("source", ["features", "transformer"])
+def test_grid_tokens_are_the_pooled_position_encoded_image_tokens(source: str) -> None:
+    model = tiny_model(grid_tokens=4, grid_source=source).eval()
     config = model.config
     assert config.extractor_config.prefix_length == 32 + 16
     seen = extractor_call(model, image_inputs(config))
     prefix = seen["prefix"]
     assert prefix.shape == (2, 48, config.text_config.d_model)
     extractor = model.model.extractor
+    keys, pe = seen["transformer_args"][1:3]  # the image tokens and encoding handed to the transformer
     _, image_tokens = seen["transformer_out"][:2]
-    pe = seen["transformer_args"][2]  # the projected positional encoding handed to the transformer
     g = config.grid_size
-    grid = image_tokens.squeeze(1).transpose(1, 2).reshape(2, -1, g, g) + pe
+    if source == "features":  # the transformer's input image tokens
+        grid = keys + pe
+    else:  # its output image tokens
+        grid = image_tokens.squeeze(1).transpose(1, 2).reshape(2, -1, g, g) + pe
     pooled = F.adaptive_avg_pool2d(grid, 4).flatten(2).transpose(1, 2)
     expected = extractor.grid_proj(extractor.grid_norm(pooled))
     torch.testing.assert_close(prefix[:, 32:], expected)
@@ -58,6 +62,11 @@ def test_grid_tokens_are_the_pooled_position_encoded_image_tokens() -> None:
     plain = tiny_model().eval()
     plain.load_state_dict(model.state_dict(), strict=False)
     torch.testing.assert_close(extractor_call(plain, image_inputs(config))["prefix"], prefix[:, :32])
+
+
+def test_grid_source_is_checked() -> None:
+    with pytest.raises(ValueError, match="grid_source must be"):
+        PixtokPromptExtractorConfig(grid_tokens=4, grid_source="pooled")
 
 
 def test_grid_tokens_carry_absolute_position() -> None:

@@ -10,9 +10,10 @@ The transformer itself is transformers' ``SamTwoWayTransformer``, sized by
 width, the learnable tokens and the projection out to the language model's width.
 
 Two options go beyond the paper, for models that learn localization from scratch (the learning
-benchmarks): ``grid_tokens`` appends a pooled grid of the transformer's prompt-aware image tokens,
-each with its positional encoding, to the prefix, so the language model can attend image positions
-directly as Pix2Seq's decoder does; ``position_in_values`` adds the positional encoding to the image
+benchmarks): ``grid_tokens`` appends a pooled grid of image tokens, each with its positional
+encoding, to the prefix, so the language model can attend image positions directly as Pix2Seq's
+decoder does (``grid_source``: the transformer's input image tokens, or its output ones);
+``position_in_values`` adds the positional encoding to the image
 tokens before the transformer, so that what attention reads (its values) carries position too.
 """
 
@@ -76,7 +77,8 @@ class PixtokPromptExtractor(nn.Module):
 
         Returns:
             (B, num_tokens + grid_tokens**2, output_size) prefix tokens for the language model: the
-            learnable tokens' outputs, then the pooled grid tokens row-major (when configured).
+            learnable tokens' outputs, then the pooled grid tokens row-major (when configured:
+            ``grid_source`` picks the transformer's input or output image tokens).
         """
         if image_features.shape[-2:] != dense_embeddings.shape[-2:]:
             raise ValueError(
@@ -103,8 +105,11 @@ class PixtokPromptExtractor(nn.Module):
         prefix = self.output_proj(self.output_norm(queries.squeeze(1)[:, : self.config.num_tokens]))
         if not side:
             return prefix
-        g = image_features.shape[-1]
-        grid = image_tokens.squeeze(1).transpose(1, 2).reshape(batch, -1, g, g) + pe
+        if self.config.grid_source == "features":
+            grid = keys if self.config.position_in_values else keys + pe
+        else:
+            g = image_features.shape[-1]
+            grid = image_tokens.squeeze(1).transpose(1, 2).reshape(batch, -1, g, g) + pe
         grid = F.adaptive_avg_pool2d(grid, side).flatten(2).transpose(1, 2)  # (B, side*side, width)
         return torch.cat([prefix, self.grid_proj(self.grid_norm(grid))], dim=1)
 
