@@ -19,10 +19,10 @@ two arms says which part of the path is slow to learn where. ``--coord-init sinu
 coordinate rows of the input embedding and of the LM head as a sinusoidal code of the bin centre
 instead of independent random rows. ``--decoder-positions N`` gives the T5 decoder pixtok's learned
 absolute position table (``config.decoder_position_embeddings``; the ``small`` preset has 512).
-``--t5-init`` and ``--unscaled-outputs`` undo the ``small`` preset's T5 recipe for training from
-scratch (T5's own ``initializer_factor`` 1.0, the last decoder state scaled by ``d_model**-0.5``
-before the LM head): an ``initializer_factor`` of 0.1 also shrinks every RMSNorm weight, and the
-T5 learns coordinates several times slower.
+``--t5-init 1.0 --scaled-outputs`` trains the T5 as T5 v1.0 does (its own init, the last decoder
+state scaled by ``d_model**-0.5`` before the LM head; the ``small`` preset's ``initializer_factor``
+0.1 also shrinks every RMSNorm weight), and ``--grid-source`` picks what the extractor's grid
+tokens are made of.
 
 ``--data synthetic`` runs the same comparison on the learning benchmark's detection row without
 sequence augmentation (``detection_no_seq_aug``, its preset and data; ``--preset small`` on a GPU),
@@ -163,8 +163,15 @@ def square_data(args: argparse.Namespace):
         lora_r=0,
         freeze_text_model=False,
         max_objects=1,
-        extractor_config={"grid_tokens": 8, "position_in_values": True},
-        text_config={"initializer_factor": args.t5_init, "tie_word_embeddings": not args.unscaled_outputs},
+        extractor_config={
+            "grid_tokens": 8,
+            "position_in_values": True,
+            **({"grid_source": args.grid_source} if args.grid_source else {}),
+        },
+        text_config={
+            "tie_word_embeddings": args.scaled_outputs,
+            **({"initializer_factor": args.t5_init} if args.t5_init is not None else {}),
+        },
         label_smoothing=args.label_smoothing,
         decoder_position_embeddings=args.decoder_positions or 0,
     )
@@ -189,13 +196,13 @@ def synthetic_data(args: argparse.Namespace):
     from pixtok.training.recipe import prepare
     from pixtok.training.sampling import SampleStream, TaskMixture
 
-    overrides = {
-        "model.preset": args.preset,
-        "model.overrides.text_config.initializer_factor": args.t5_init,
-        "model.overrides.label_smoothing": args.label_smoothing,
-    }
-    if args.unscaled_outputs:
-        overrides["model.overrides.text_config.tie_word_embeddings"] = False
+    overrides = {"model.preset": args.preset, "model.overrides.label_smoothing": args.label_smoothing}
+    if args.t5_init is not None:
+        overrides["model.overrides.text_config.initializer_factor"] = args.t5_init
+    if args.scaled_outputs:
+        overrides["model.overrides.text_config.tie_word_embeddings"] = True
+    if args.grid_source:
+        overrides["model.overrides.extractor_config.grid_source"] = args.grid_source
     if args.decoder_positions is not None:
         overrides["model.overrides.decoder_position_embeddings"] = args.decoder_positions
     if args.num_images:
@@ -241,13 +248,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument(
-        "--t5-init", type=float, default=1.0, help="T5 initializer_factor (the `small` preset's 1.0)"
+        "--t5-init", type=float, help="T5 initializer_factor (default: the preset's; `small` 0.1, `tiny` 1.0)"
     )
     parser.add_argument(
-        "--unscaled-outputs",
+        "--scaled-outputs",
         action="store_true",
-        help="do not scale the last T5 decoder state by d_model**-0.5 before the LM head (T5 v1.1; "
-        "text_config tie_word_embeddings=False); the `small` preset scales it, as T5 v1.0 does",
+        help="scale the last T5 decoder state by d_model**-0.5 before the LM head (T5 v1.0; "
+        "text_config tie_word_embeddings=True); the presets do not",
+    )
+    parser.add_argument(
+        "--grid-source",
+        choices=("transformer", "features"),
+        help="the extractor's grid tokens: its transformer's output or input image tokens (default: the preset's)",
     )
     parser.add_argument(
         "--label-smoothing", type=float, default=0.1, help="pixtok's LM loss smoothing (t5 decoder)"
@@ -370,8 +382,9 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {
             "data": args.data,
             "encoder": args.encoder,
-            "t5_init": args.t5_init,
-            "t5_scaled_outputs": not args.unscaled_outputs,
+            "t5_init": text.initializer_factor,
+            "t5_scaled_outputs": args.scaled_outputs,
+            "grid_source": config.extractor_config.grid_source,
             "label_smoothing": args.label_smoothing,
             "lr": args.lr,
             "batch_size": args.batch_size,

@@ -49,11 +49,10 @@ class PixtokPromptExtractorConfig(PretrainedConfig):
             tokens, with their positional encoding, average-pooled to ``grid_tokens x grid_tokens``
             (0: none, PixelLLM's prefix). They let the T5 cross-attend image positions directly,
             as Pix2Seq's decoder does.
-        grid_source (`str`, *optional*, defaults to `"features"`):
-            What the grid tokens are made of: ``"features"``, the extractor's input image tokens
-            (projected fused features plus the dense prompt embedding), or ``"transformer"``, its
-            two-way transformer's output image tokens. From scratch, a T5 learns coordinates
-            several times faster from ``"features"`` (``benchmarks/learning/localization_probe.py``).
+        grid_source (`str`, *optional*, defaults to `"transformer"`):
+            What the grid tokens are made of: ``"transformer"``, the two-way transformer's output
+            image tokens, or ``"features"``, its input ones (projected fused features plus the
+            dense prompt embedding, before any prompt token has been read).
         position_in_values (`bool`, *optional*, defaults to `False`):
             Add the image positional encoding to the image tokens themselves before the two-way
             transformer, so that attention reads position in its values, not only in its weights
@@ -73,7 +72,7 @@ class PixtokPromptExtractorConfig(PretrainedConfig):
         hidden_act: str = "relu",
         layer_norm_eps: float = 1e-6,
         grid_tokens: int = 0,
-        grid_source: str = "features",
+        grid_source: str = "transformer",
         position_in_values: bool = False,
         **kwargs: Any,
     ) -> None:

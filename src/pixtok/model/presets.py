@@ -11,8 +11,8 @@ Sub-config entries are plain dicts of the matching config class's keyword argume
 - ``small``: the size the learning benchmarks train from scratch in minutes on one GPU
   (``benchmarks/learning/``): SAM 6 x 256 at 128 px with 8 px patches (16 x 16 grid, 64 x 64
   masks), EVA02 4 x 192 at 128 px / 8 px patches (the same grid), a 6 + 6 layer T5 of width 384,
-  the tiny tokenizer, T5 with its own init and output scaling (unit-std logits from scratch); the
-  extractor hands the T5 its 32 tokens plus 8 x 8 pooled, position-encoded grid tokens (``grid_tokens``,
+  the tiny tokenizer, T5 initialised at a 0.1 scale for training from scratch; the extractor hands
+  the T5 its 32 tokens plus 8 x 8 pooled, position-encoded grid tokens (``grid_tokens``,
   ``position_in_values``), and the T5 decoder gets a learned absolute position table
   (``decoder_position_embeddings``, 512 rows) as Pix2Seq's decoder has; 44 M parameters.
 - ``base``: SAM ViT-B + EVA02-B/14 at 448 px + T5-base.
@@ -192,15 +192,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_decoder_layers": 6,
             "num_heads": 6,
             "feed_forward_proj": "gated-gelu",
-            # trained from scratch: T5's own init (initializer_factor 1.0) with the last decoder
-            # state scaled by d_model**-0.5 before the LM head (T5 v1.0; transformers >= 5 reads
-            # tie_word_embeddings=True as that scaling), so the logits start near unit std. A
-            # smaller initializer_factor would also shrink every RMSNorm weight, and the T5 then
-            # learns coordinates several times slower (benchmarks/learning/localization_probe.py)
-            "tie_word_embeddings": True,
+            "tie_word_embeddings": False,
             "relative_attention_num_buckets": 32,
             "relative_attention_max_distance": 128,
             "dropout_rate": 0.0,
+            # trained from scratch: a 0.1 init scale starts the logits near unit std, not ~sqrt(d)
+            "initializer_factor": 0.1,
         },
         "extractor_config": {
             "hidden_size": 256,

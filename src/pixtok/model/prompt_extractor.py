@@ -12,7 +12,7 @@ width, the learnable tokens and the projection out to the language model's width
 Two options go beyond the paper, for models that learn localization from scratch (the learning
 benchmarks): ``grid_tokens`` appends a pooled grid of image tokens, each with its positional
 encoding, to the prefix, so the language model can attend image positions directly as Pix2Seq's
-decoder does (``grid_source``: the transformer's input image tokens, or its output ones);
+decoder does (``grid_source``: the transformer's output image tokens, or its input ones);
 ``position_in_values`` adds the positional encoding to the image
 tokens before the transformer, so that what attention reads (its values) carries position too.
 """
@@ -78,7 +78,7 @@ class PixtokPromptExtractor(nn.Module):
         Returns:
             (B, num_tokens + grid_tokens**2, output_size) prefix tokens for the language model: the
             learnable tokens' outputs, then the pooled grid tokens row-major (when configured:
-            ``grid_source`` picks the transformer's input or output image tokens).
+            ``grid_source`` picks the transformer's output or input image tokens).
         """
         if image_features.shape[-2:] != dense_embeddings.shape[-2:]:
             raise ValueError(
