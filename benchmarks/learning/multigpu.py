@@ -137,8 +137,13 @@ def resolve_recipe(script: Path, args: list[str], overrides: dict[str, Any]) -> 
     if config is None:
         return None
     try:
+        if is_learning_runner(script) and "--config" not in args:  # a row: its file + variant
+            sys.path.insert(0, str(HERE))
+            from run import row_config
+
+            return row_config(config.stem, {**set_args(args), **overrides})
         return load_config(config, {**set_args(args), **overrides})
-    except (ConfigError, FileNotFoundError) as err:  # before any run starts
+    except (ConfigError, FileNotFoundError, KeyError) as err:  # before any run starts
         raise SystemExit(f"error: {config}: {err}") from None
 
 
