@@ -131,7 +131,7 @@ def set_args(args: list[str]) -> dict[str, Any]:
 
 
 def resolve_recipe(script: Path, args: list[str], overrides: dict[str, Any]) -> Any:
-    from pixtok.training.config import ConfigError, load_config
+    from pixtok.training.config import load_config
 
     config = trainer_config(script, args)
     if config is None:
@@ -143,7 +143,8 @@ def resolve_recipe(script: Path, args: list[str], overrides: dict[str, Any]) -> 
 
             return row_config(config.stem, {**set_args(args), **overrides})
         return load_config(config, {**set_args(args), **overrides})
-    except (ConfigError, FileNotFoundError, KeyError) as err:  # before any run starts
+    # before any run starts: a bad config (ConfigError is a ValueError) or an unknown row
+    except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {config}: {err}") from None
 
 

@@ -13,8 +13,8 @@ Two options go beyond the paper, for models that learn localization from scratch
 benchmarks): ``grid_tokens`` appends a pooled grid of image tokens, each with its positional
 encoding, to the prefix, so the language model can attend image positions directly as Pix2Seq's
 decoder does (``grid_source``: the transformer's output image tokens, or its input ones);
-``position_in_values`` adds the positional encoding to the image
-tokens before the transformer, so that what attention reads (its values) carries position too.
+``position_in_values`` adds the positional encoding to the image tokens before the transformer, so
+that what attention reads (its values) carries position too.
 """
 
 from __future__ import annotations
@@ -95,10 +95,9 @@ class PixtokPromptExtractor(nn.Module):
             raise ValueError(
                 f"extractor grid_tokens ({side}) exceeds the image feature grid ({image_features.shape[-1]})"
             )
-        keys = self.image_proj(image_features) + self.dense_proj(dense_embeddings)
-        pe = self.pe_proj(image_pe.to(keys.dtype))
-        if self.config.position_in_values:
-            keys = keys + pe
+        image = self.image_proj(image_features) + self.dense_proj(dense_embeddings)
+        pe = self.pe_proj(image_pe.to(image.dtype))
+        keys = image + pe if self.config.position_in_values else image
         tokens = self.tokens.to(keys.dtype).unsqueeze(0).expand(batch, -1, -1)
         queries = torch.cat([tokens, self.sparse_proj(sparse_embeddings)], dim=1).unsqueeze(1)
         queries, image_tokens = self.transformer(queries, keys, pe, None)[:2]
@@ -106,11 +105,11 @@ class PixtokPromptExtractor(nn.Module):
         if not side:
             return prefix
         if self.config.grid_source == "features":
-            grid = keys if self.config.position_in_values else keys + pe
+            grid = image
         else:
             g = image_features.shape[-1]
-            grid = image_tokens.squeeze(1).transpose(1, 2).reshape(batch, -1, g, g) + pe
-        grid = F.adaptive_avg_pool2d(grid, side).flatten(2).transpose(1, 2)  # (B, side*side, width)
+            grid = image_tokens.squeeze(1).transpose(1, 2).reshape(batch, -1, g, g)
+        grid = F.adaptive_avg_pool2d(grid + pe, side).flatten(2).transpose(1, 2)  # (B, side*side, width)
         return torch.cat([prefix, self.grid_proj(self.grid_norm(grid))], dim=1)
 
 
