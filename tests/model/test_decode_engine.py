@@ -387,6 +387,11 @@ sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from test_decode_engine import StaticT5Decoder, encoder_inputs, tiny_t5
 from pixtok.model import decode_engine as de
+from test_decode_engine import VOCAB
+# few, wide programs (the interpreter pays per program) and several K / key blocks per program
+de._gemv_config = lambda n_out, k_in, gated: (64, 16, 4)
+de.ATTENTION_CONFIGS.update(self=(4, 4), cross=(4, 4))
+ends = []
 for ff, tie in [("relu", True), ("gated-gelu", False)]:
     t5 = tiny_t5(ff, tie)
     states, mask = encoder_inputs()
@@ -409,6 +414,27 @@ for ff, tie in [("relu", True), ("gated-gelu", False)]:
         ids = a.argmax(-1, keepdim=True)
     cache_ref, cache_fused = ref.kv_cache[:, :, :3, :, :3], fused.kv_cache[:, :, :3, :, :3]
     torch.testing.assert_close(cache_fused, cache_ref, rtol=0, atol=1e-5)  # the kernel wrote the cache
+    # greedy detection through the fused tail (head kernel + pick kernel) against the torch path,
+    # with a position table, EOS made likely so that sequences end and pad (once: it is slow here)
+    for table in [] if ff == "relu" else [torch.randn(16, t5.config.d_model)]:
+        outs = []
+        for kernels in ("torch", "triton"):
+            engine = StaticT5Decoder(t5, 3, 16, 16, position_embeddings=table)
+            if kernels == "triton":
+                engine.kernels = "triton"
+                engine._load_weights(t5)
+                engine._triton_act = de._TRITON_ACTIVATIONS[t5.config.dense_act_fn]
+            engine.prefill(states, mask)
+            outs.append(engine.generate_detection(
+                de.DetectionRows.from_vocab(VOCAB), max_new_tokens=11, min_objects=1, eos_logit_offset=20.0
+            ))
+        a, b = outs
+        assert torch.equal(b.sequences, a.sequences), (a.sequences, b.sequences)
+        assert torch.equal(b.lengths, a.lengths)
+        torch.testing.assert_close(b.token_scores, a.token_scores, rtol=0, atol=1e-5)
+        torch.testing.assert_close(b.hidden_states, a.hidden_states, rtol=0, atol=1e-5)
+        ends.append(int((a.lengths < 11).sum()))
+assert sum(ends) > 0, "no sequence ended: the EOS / padding path went untested"
 print("triton kernels ok")
 """
 

@@ -134,7 +134,43 @@ class DetectionRows:
 _TRITON_ACTIVATIONS = {"relu": 1, "gelu_new": 2, "gelu_pytorch_tanh": 2, "silu": 3, "swish": 3}
 _TRITON_MAX_BATCH = 4  # grid over the batch: each row re-reads the weights, fine for small batches
 
+ATTENTION_CONFIGS: dict[str, tuple[int, int]] = {"self": (64, 4), "cross": (64, 4)}
+"""(BLOCK_T, num_warps) of the one-query attention kernel for self- and cross-attention."""
+
+GEMV_CONFIGS: dict[tuple[int, int, bool], tuple[int, int, int]] = {}
+"""Per-shape launch overrides ``(n_out, k_in, gated) -> (BLOCK_N, BLOCK_K, num_warps)`` for the
+fused matrix-vector kernel; shapes not listed use :func:`_gemv_config`'s rule."""
+
+
+def _gemv_config(n_out: int, k_in: int, gated: bool) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps) for one matrix-vector product shape."""
+    override = GEMV_CONFIGS.get((n_out, k_in, gated))
+    if override is not None:
+        return override
+    return (8 if n_out >= 4096 else 4), 256, 4
+
+
+def pdl_supported(device: torch.device | str) -> bool:
+    """Whether the Triton kernels can overlap with the previous kernel (programmatic dependent launch).
+
+    Needs a Hopper-or-newer GPU and a Triton with the ``gdc_wait`` / ``gdc_launch_dependents``
+    intrinsics and the ``launch_pdl`` launch option.
+    """
+    device = torch.device(device)
+    if triton is None or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    try:
+        from triton.language.extra import cuda as triton_cuda
+    except ImportError:  # pragma: no cover - very old Triton
+        return False
+    return hasattr(triton_cuda, "gdc_wait") and hasattr(triton_cuda, "gdc_launch_dependents")
+
+
 if triton is not None:
+    try:
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    except ImportError:  # pragma: no cover - old Triton: PDL stays off (pdl_supported says so)
+        gdc_launch_dependents = gdc_wait = None
 
     @triton.jit
     def _activate(x, ACT: tl.constexpr):
@@ -151,34 +187,46 @@ if triton is not None:
     def _gemv_kernel(
         x_ptr, w_ptr, res_ptr, out_ptr, n_out, k_in, eps,
         NORM: tl.constexpr, ACT: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
-        """out[b, n] = epilogue(sum_k W[n, k] * prologue(x[b, :])[k]); W (n_out [x2 gated], k_in)."""
+        """out[b, n] = epilogue(sum_k W[n, k] * prologue(x[b, :])[k]); W (n_out [x2 gated], k_in).
+
+        The first weight tile is read before anything that an earlier kernel writes: with PDL
+        (programmatic dependent launch) it streams in while the previous kernel is still running.
+        """
         pid = tl.program_id(0)
         b = tl.program_id(1)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < n_out
+        cols = tl.arange(0, BLOCK_K)
+        ok = row_ok[:, None] & (cols < k_in)[None, :]
+        tile = rows[:, None] * k_in + cols[None, :]
+        w = tl.load(w_ptr + tile, mask=ok, other=0.0)
+        w_gate = w
+        if GATED:  # rows [n_out, 2 n_out) hold the linear half: act(W0 x) * (W1 x)
+            w_gate = tl.load(w_ptr + n_out * k_in + tile, mask=ok, other=0.0)
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()  # from here on, everything the previous kernel wrote is visible
         x_row = x_ptr + b * k_in
         scale = 1.0
         if NORM:
             sq = tl.zeros([BLOCK_K], dtype=tl.float32)
             for k0 in range(0, k_in, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                xv = tl.load(x_row + cols, mask=cols < k_in, other=0.0).to(tl.float32)
+                xv = tl.load(x_row + k0 + cols, mask=k0 + cols < k_in, other=0.0).to(tl.float32)
                 sq += xv * xv
             scale = 1.0 / tl.sqrt(tl.sum(sq, axis=0) / k_in + eps)
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc_gate = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, k_in, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
-            col_ok = cols < k_in
-            xv = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32) * scale
-            tile = rows[:, None] * k_in + cols[None, :]
+        xv = tl.load(x_row + cols, mask=cols < k_in, other=0.0).to(tl.float32) * scale
+        acc = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
+        acc_gate = tl.sum(w_gate.to(tl.float32) * xv[None, :], axis=1)
+        for k0 in range(BLOCK_K, k_in, BLOCK_K):
+            col_ok = k0 + cols < k_in
+            xv = tl.load(x_row + k0 + cols, mask=col_ok, other=0.0).to(tl.float32) * scale
             ok = row_ok[:, None] & col_ok[None, :]
-            w = tl.load(w_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + k0 + tile, mask=ok, other=0.0).to(tl.float32)
             acc += tl.sum(w * xv[None, :], axis=1)
-            if GATED:  # rows [n_out, 2 n_out) hold the linear half: act(W0 x) * (W1 x)
-                w1 = tl.load(w_ptr + n_out * k_in + tile, mask=ok, other=0.0).to(tl.float32)
+            if GATED:
+                w1 = tl.load(w_ptr + n_out * k_in + k0 + tile, mask=ok, other=0.0).to(tl.float32)
                 acc_gate += tl.sum(w1 * xv[None, :], axis=1)
         if ACT != 0:
             acc = _activate(acc, ACT)
@@ -192,46 +240,59 @@ if triton is not None:
     def _decode_attention_kernel(
         q_ptr, q_stride_b, new_ptr, k_ptr, v_ptr, cache_stride_b, cache_stride_h,
         bias_ptr, bias_stride_b, bias_stride_h, bias_stride_q, pos_ptr, out_ptr, n_keys, heads,
-        SELF: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
+        SELF: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, PDL: tl.constexpr,
     ):  # fmt: skip
         """One query per (batch, head), unscaled T5 scores + additive bias, online softmax.
 
         Self-attention (SELF): the new key/value (at ``new_ptr``: k then v, each ``heads * d``)
         are written at cache position ``pos`` and attended together with positions [0, pos).
         Cross-attention: all ``n_keys`` cached positions, ``bias`` is the encoder mask.
+        The first block of cached keys/values (written by earlier steps or the prefill) is read
+        before waiting on the previous kernel (PDL); ``pos`` is written by a non-PDL launch.
         """
         b = tl.program_id(0) // heads
         h = tl.program_id(0) % heads
         d = tl.arange(0, HEAD_DIM)
         pos = tl.load(pos_ptr)
-        q = tl.load(q_ptr + b * q_stride_b + h * HEAD_DIM + d).to(tl.float32)
+        if SELF:
+            n_keys = pos
         k_base = k_ptr + b * cache_stride_b + h * cache_stride_h
         v_base = v_ptr + b * cache_stride_b + h * cache_stride_h
         bias_row = bias_ptr + b * bias_stride_b + h * bias_stride_h + pos * bias_stride_q
+        t = tl.arange(0, BLOCK_T)
+        t_ok = t < n_keys
+        kv = t[:, None] * HEAD_DIM + d[None, :]
+        k = tl.load(k_base + kv, mask=t_ok[:, None], other=0.0)
+        v = tl.load(v_base + kv, mask=t_ok[:, None], other=0.0)
+        bias = tl.load(bias_row + t, mask=t_ok, other=0.0)
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
+        q = tl.load(q_ptr + b * q_stride_b + h * HEAD_DIM + d).to(tl.float32)
+        m = tl.max(tl.full([BLOCK_T], float("-inf"), tl.float32), axis=0)
+        denom = tl.sum(tl.zeros([BLOCK_T], tl.float32), axis=0)
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        for t0 in range(0, n_keys, BLOCK_T):
+            if t0 > 0:  # the first block was read above
+                t = t0 + tl.arange(0, BLOCK_T)
+                t_ok = t < n_keys
+                kv = t[:, None] * HEAD_DIM + d[None, :]
+                k = tl.load(k_base + kv, mask=t_ok[:, None], other=0.0)
+                v = tl.load(v_base + kv, mask=t_ok[:, None], other=0.0)
+                bias = tl.load(bias_row + t, mask=t_ok, other=0.0)
+            s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) + bias.to(tl.float32)
+            s = tl.where(t_ok, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=0))
+            p = tl.exp(s - m_new)
+            alpha = tl.exp(m - m_new)
+            denom = denom * alpha + tl.sum(p, axis=0)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+            m = m_new
         if SELF:
             k_new = tl.load(new_ptr + b * q_stride_b + h * HEAD_DIM + d)
             v_new = tl.load(new_ptr + b * q_stride_b + heads * HEAD_DIM + h * HEAD_DIM + d)
             tl.store(k_base + pos * HEAD_DIM + d, k_new)
             tl.store(v_base + pos * HEAD_DIM + d, v_new)
-            n_keys = pos
-        m = tl.max(tl.full([BLOCK_T], float("-inf"), tl.float32), axis=0)
-        denom = tl.sum(tl.zeros([BLOCK_T], tl.float32), axis=0)
-        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-        for t0 in range(0, n_keys, BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
-            t_ok = t < n_keys
-            kv = t[:, None] * HEAD_DIM + d[None, :]
-            k = tl.load(k_base + kv, mask=t_ok[:, None], other=0.0).to(tl.float32)
-            s = tl.sum(k * q[None, :], axis=1) + tl.load(bias_row + t, mask=t_ok, other=0.0).to(tl.float32)
-            s = tl.where(t_ok, s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=0))
-            p = tl.exp(s - m_new)
-            alpha = tl.exp(m - m_new)
-            v = tl.load(v_base + kv, mask=t_ok[:, None], other=0.0).to(tl.float32)
-            denom = denom * alpha + tl.sum(p, axis=0)
-            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-            m = m_new
-        if SELF:
             s_new = tl.sum(k_new.to(tl.float32) * q, axis=0) + tl.load(bias_row + pos).to(tl.float32)
             m_new = tl.maximum(m, s_new)
             alpha = tl.exp(m - m_new)
@@ -241,6 +302,56 @@ if triton is not None:
         out = acc / denom
         tl.store(out_ptr + b * heads * HEAD_DIM + h * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty))
 
+    @triton.jit
+    def _pick_kernel(
+        logits_ptr, n_rows, ids_ptr, temperature_ptr, eos_bias_ptr, coord_bias_ptr, pos_ptr,
+        done_ptr, input_ids_ptr, out_ids_ptr, out_scores_ptr, out_hidden_ptr, x_ptr, final_ln_ptr,
+        eps, embedding_ptr, positions_ptr, x_next_ptr, bsz, max_length, d_model,
+        BOUNDARY: tl.constexpr, HAS_POSITIONS: tl.constexpr, PAD: tl.constexpr, EOS: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        """The greedy tail of one detection step, for every sequence, in one program.
+
+        Per sequence: grammar-row logits / temperature (+ the object-boundary biases at position 0 of
+        an object), argmax, its softmax probability, the chosen vocabulary id (pad after EOS), the
+        outputs at ``pos`` (id, score, final-norm hidden state), ``done``, the next input id and the
+        next step's input embedding (token row + position row); then ``pos += 1``.
+        """
+        pos = tl.load(pos_ptr)
+        r = tl.arange(0, BLOCK_R)
+        r_ok = r < n_rows
+        dcol = tl.arange(0, BLOCK_D)
+        d_ok = dcol < d_model
+        temperature = tl.load(temperature_ptr)
+        for b in range(0, bsz):
+            logits = tl.load(logits_ptr + b * n_rows + r, mask=r_ok, other=float("-inf")) / temperature
+            if BOUNDARY:  # row 0 is EOS, the others are coordinates
+                bias = tl.where(r == 0, tl.load(eos_bias_ptr + pos), tl.load(coord_bias_ptr + pos))
+                logits = tl.where(r_ok, logits + bias, float("-inf"))
+            best = tl.max(logits, axis=0)
+            choice = tl.argmax(logits, axis=0)
+            score = 1.0 / tl.sum(tl.exp(logits - best), axis=0)
+            done = tl.load(done_ptr + b) != 0
+            token = tl.load(ids_ptr + choice)
+            token = tl.where(done, PAD, token)
+            tl.store(out_ids_ptr + b * max_length + pos, token)
+            tl.store(out_scores_ptr + b * max_length + pos, tl.where(done, 0.0, score))
+            x = tl.load(x_ptr + b * d_model + dcol, mask=d_ok, other=0.0).to(tl.float32)
+            inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / d_model + eps)
+            hidden = x * inv * tl.load(final_ln_ptr + dcol, mask=d_ok, other=0.0).to(tl.float32)
+            hidden_row = out_hidden_ptr + (b * max_length + pos) * d_model
+            tl.store(hidden_row + dcol, hidden.to(out_hidden_ptr.dtype.element_ty), mask=d_ok)
+            tl.store(done_ptr + b, (done | (token == EOS)).to(tl.int1))
+            tl.store(input_ids_ptr + b, token)
+            nxt = tl.load(embedding_ptr + token * d_model + dcol, mask=d_ok, other=0.0).to(tl.float32)
+            if HAS_POSITIONS:  # the table has max_length rows; the last step's successor is never run
+                row_ok = dcol < tl.where(pos + 1 < max_length, d_model, 0)
+                nxt += tl.load(positions_ptr + (pos + 1) * d_model + dcol, mask=row_ok, other=0.0).to(
+                    tl.float32
+                )
+            tl.store(x_next_ptr + b * d_model + dcol, nxt.to(x_next_ptr.dtype.element_ty), mask=d_ok)
+        tl.store(pos_ptr, pos + 1)
+
 
 def _triton_gemv(
     x: Tensor,
@@ -249,17 +360,19 @@ def _triton_gemv(
     act: int = 0,
     gated: bool = False,
     residual: Tensor | None = None,
+    pdl: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """x (B, K) contiguous, weight (N or 2N, K) -> (B, N); see ``_gemv_kernel``."""
     bsz, k_in = x.shape
     n_out = weight.shape[0] // 2 if gated else weight.shape[0]
-    out = torch.empty(bsz, n_out, device=x.device, dtype=x.dtype)
-    block_n = 8 if n_out >= 4096 else 4
+    out = torch.empty(bsz, n_out, device=x.device, dtype=out_dtype or x.dtype)
+    block_n, block_k, warps = _gemv_config(n_out, k_in, gated)
     grid = (triton.cdiv(n_out, block_n), bsz)
     _gemv_kernel[grid](
         x, weight, residual if residual is not None else x, out, n_out, k_in, norm_eps or 0.0,
         NORM=norm_eps is not None, ACT=act, GATED=gated, RESIDUAL=residual is not None,
-        BLOCK_N=block_n, BLOCK_K=256, num_warps=4,
+        BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
     return out
 
@@ -336,7 +449,11 @@ class StaticT5Decoder:
             element-wise work into fewer kernels; the first call compiles).
         kernels: ``"torch"`` (stock ops) or ``"triton"`` (CUDA, batch <= 4: fused norm+matrix-vector
             and one-query attention kernels, 8 per layer; the norm weights are folded into the
-            following matrices, so results differ from ``"torch"`` by rounding only).
+            following matrices, so results differ from ``"torch"`` by rounding only). Greedy
+            detection then also runs its head, pick and bookkeeping as two kernels per step.
+        pdl: with ``kernels="triton"``, launch the kernels with programmatic dependent launch, so
+            each one starts reading its weights while the previous one finishes (Hopper or newer);
+            ``None`` = wherever :func:`pdl_supported` says it works.
         position_embeddings: optional (P, D) absolute position table added to the input embedding
             at each step (pixtok's ``decoder_position_embeddings``); decoding stops at P steps.
     """
@@ -354,6 +471,7 @@ class StaticT5Decoder:
         compile_layers: bool = False,
         kernels: str = "torch",
         position_embeddings: Tensor | None = None,
+        pdl: bool | None = None,
     ) -> None:
         if hasattr(t5, "get_base_model"):  # a peft PeftModel: read the injected layers underneath
             t5 = t5.get_base_model()
@@ -387,6 +505,11 @@ class StaticT5Decoder:
             if config.dense_act_fn not in _TRITON_ACTIVATIONS:
                 raise ValueError(f"kernels='triton' has no {config.dense_act_fn!r} activation")
             self._triton_act = _TRITON_ACTIVATIONS[config.dense_act_fn]
+        if pdl and not (kernels == "triton" and pdl_supported(self.device)):
+            raise ValueError(
+                "pdl=True needs kernels='triton' on a Hopper-or-newer GPU with a PDL-capable Triton"
+            )
+        self.pdl = bool(pdl) if pdl is not None else kernels == "triton" and pdl_supported(self.device)
         self._layers_fn: Callable[[Tensor], Tensor] = (
             self._decoder_hidden_triton if kernels == "triton" else self._decoder_hidden
         )
@@ -425,6 +548,8 @@ class StaticT5Decoder:
         self._batch = 0
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._row_cache: dict[tuple, tuple[list[Tensor], list[Tensor]]] = {}
+        self._folded_rows: dict[tuple, list[Tensor]] = {}
+        self._active_folded: list[Tensor] = []
         self._active_rows: tuple[list[Tensor], list[Tensor]] = ([], [])
 
     # --- set-up ----------------------------------------------------------------------------------
@@ -499,6 +624,8 @@ class StaticT5Decoder:
         # step_fn outputs
         self.step_logits = torch.zeros(b, self.vocab_size, dtype=torch.float32, device=dev)
         self.step_hidden = torch.zeros(b, self.d_model, device=dev, dtype=dt)
+        # the fused greedy path: the next step's input embedding, written by the pick kernel
+        self.x_next = torch.zeros(b, self.d_model, device=dev, dtype=dt)
 
     # --- per image -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -553,6 +680,7 @@ class StaticT5Decoder:
         self.out_ids.zero_()
         self.out_scores.zero_()
         self.out_hidden.zero_()
+        self.x_next.copy_(self._embed(self.input_ids))
 
     # --- one decoder step ------------------------------------------------------------------------
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
@@ -610,34 +738,43 @@ class StaticT5Decoder:
 
     def _decoder_hidden_triton(self, input_ids: Tensor) -> Tensor:
         """:meth:`_decoder_hidden` with the fused Triton kernels (8 launches per layer)."""
-        bsz = input_ids.shape[0]
+        return _rms_norm(self._triton_layers(self._embed(input_ids)), self.final_ln, self.eps)
+
+    def _triton_layers(self, x: Tensor) -> Tensor:
+        """Every layer over the input embeddings x (B, D); returns the residual stream before the
+        final layer norm."""
+        bsz = x.shape[0]
         h, d = self.num_heads, self.head_dim
-        inner = self.inner_dim
-        x = self._embed(input_ids)
+        inner, pdl = self.inner_dim, self.pdl
+        launch = {"launch_pdl": True} if pdl else {}
         self_bias = self.self_bias
         length, enc_len = self.max_length, self.max_encoder_length
+        (self_block, self_warps), (cross_block, cross_warps) = (
+            ATTENTION_CONFIGS["self"],
+            ATTENTION_CONFIGS["cross"],
+        )
         for i, layer in enumerate(self.layers):
-            qkv = _triton_gemv(x, layer.qkv, norm_eps=self.eps)  # (B, 3 * inner), q | k | v
+            qkv = _triton_gemv(x, layer.qkv, norm_eps=self.eps, pdl=pdl)  # (B, 3 * inner), q | k | v
             attn = torch.empty(bsz, inner, device=x.device, dtype=x.dtype)
             cache = self.kv_cache[i]
             _decode_attention_kernel[(bsz * h,)](
                 qkv, 3 * inner, qkv[:, inner:], cache[0], cache[1], h * length * d, length * d,
                 self_bias, 0, length, h * length, self.position, attn, length, h,
-                SELF=True, HEAD_DIM=d, BLOCK_T=64, num_warps=4,
+                SELF=True, HEAD_DIM=d, BLOCK_T=self_block, PDL=pdl, num_warps=self_warps, **launch,
             )  # fmt: skip
-            x = _triton_gemv(attn, layer.o, residual=x)
-            q = _triton_gemv(x, layer.q_cross, norm_eps=self.eps)
+            x = _triton_gemv(attn, layer.o, residual=x, pdl=pdl)
+            q = _triton_gemv(x, layer.q_cross, norm_eps=self.eps, pdl=pdl)
             attn = torch.empty(bsz, inner, device=x.device, dtype=x.dtype)
             cross = self.cross_kv[i]
             _decode_attention_kernel[(bsz * h,)](
                 q, inner, q, cross[0], cross[1], h * enc_len * d, enc_len * d,
                 self.cross_mask, enc_len, 0, 0, self.position, attn, enc_len, h,
-                SELF=False, HEAD_DIM=d, BLOCK_T=64, num_warps=4,
+                SELF=False, HEAD_DIM=d, BLOCK_T=cross_block, PDL=pdl, num_warps=cross_warps, **launch,
             )  # fmt: skip
-            x = _triton_gemv(attn, layer.o_cross, residual=x)
-            u = _triton_gemv(x, layer.wi, norm_eps=self.eps, act=self._triton_act, gated=self.gated)
-            x = _triton_gemv(u, layer.wo, residual=x)
-        return _rms_norm(x, self.final_ln, self.eps)
+            x = _triton_gemv(attn, layer.o_cross, residual=x, pdl=pdl)
+            u = _triton_gemv(x, layer.wi, norm_eps=self.eps, act=self._triton_act, gated=self.gated, pdl=pdl)
+            x = _triton_gemv(u, layer.wo, residual=x, pdl=pdl)
+        return x
 
     def _full_step(self) -> None:
         """One step over the full vocabulary into ``step_logits`` / ``step_hidden`` (step_fn path)."""
@@ -688,6 +825,9 @@ class StaticT5Decoder:
             ids = [rows.allowed(p).to(self.device) for p in range(TOKENS_PER_OBJECT)]
             weights = [(self.lm_head.index_select(0, i) * self.head_scale).contiguous() for i in ids]
             self._row_cache[key] = (weights, ids)
+            # the fused greedy path applies the final layer norm inside the head's kernel
+            ln = self.final_ln.float()
+            self._folded_rows[key] = [(w.float() * ln).to(self.dtype).contiguous() for w in weights]
         return (key, *self._row_cache[key])
 
     def _object_block(self, do_sample: bool) -> None:
@@ -720,6 +860,28 @@ class StaticT5Decoder:
             done |= token == EOS_ID
             self.input_ids[:bsz].copy_(token)
             pos.add_(1)
+
+    def _object_block_fused(self) -> None:
+        """:meth:`_object_block` for greedy decoding with ``kernels="triton"``: per step, the layers,
+        then one kernel for the grammar rows' logits (final layer norm folded in) and one for the
+        pick and every output and state update (:func:`_pick_kernel`)."""
+        bsz = self._batch
+        _, ids = self._active_rows
+        for p in range(TOKENS_PER_OBJECT):
+            x = self._triton_layers(self.x_next[:bsz])
+            logits = _triton_gemv(
+                x, self._active_folded[p], norm_eps=self.eps, pdl=self.pdl, out_dtype=torch.float32
+            )
+            positions = self.positions if self.positions is not None else self.embedding
+            _pick_kernel[(1,)](
+                logits, logits.shape[1], ids[p], self.temperature, self.eos_bias, self.coord_bias,
+                self.position, self.done, self.input_ids, self.out_ids, self.out_scores,
+                self.out_hidden, x, self.final_ln, self.eps, self.embedding, positions, self.x_next,
+                bsz, self.max_length, self.d_model,
+                BOUNDARY=p == 0, HAS_POSITIONS=self.positions is not None, PAD=PAD_ID, EOS=EOS_ID,
+                BLOCK_R=triton.next_power_of_2(logits.shape[1]), BLOCK_D=triton.next_power_of_2(self.d_model),
+                num_warps=4,
+            )  # fmt: skip
 
     def _graph(self, key: tuple, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
         """Capture ``fn`` once per key (after a warm-up on a side stream, as CUDA graphs require).
@@ -791,10 +953,13 @@ class StaticT5Decoder:
             raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
         rows_key, weights, ids = self._head_rows(rows)
         self._active_rows = (weights, ids)
+        self._active_folded = self._folded_rows[rows_key]
+        fused = self.kernels == "triton" and not do_sample
+        block = self._object_block_fused if fused else lambda: self._object_block(do_sample)
         graph = None
         if self.use_cuda_graph:
             key = ("object", rows_key, self._batch, do_sample)
-            graph = self._graph(key, lambda: self._object_block(do_sample))
+            graph = self._graph(key, block)
         self.reset()
         self._set_boundary_rules(max_new_tokens, eos_logit_offset, min_objects, max_objects)
         self.temperature.fill_(temperature)
@@ -803,7 +968,7 @@ class StaticT5Decoder:
         num_objects = -(-max_new_tokens // TOKENS_PER_OBJECT)
         for obj in range(num_objects):
             if graph is None:
-                self._object_block(do_sample)
+                block()
             else:
                 graph.replay()
             if (obj + 1) % check_every == 0 and bool(self.done[:bsz].all()):
