@@ -549,6 +549,9 @@ class StaticT5Decoder:
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._row_cache: dict[tuple, tuple[list[Tensor], list[Tensor]]] = {}
         self._folded_rows: dict[tuple, list[Tensor]] = {}
+        self._fused_tail = (
+            True  # greedy triton detection: head + pick as two kernels (benchmarks turn it off)
+        )
         self._active_folded: list[Tensor] = []
         self._active_rows: tuple[list[Tensor], list[Tensor]] = ([], [])
 
@@ -954,7 +957,7 @@ class StaticT5Decoder:
         rows_key, weights, ids = self._head_rows(rows)
         self._active_rows = (weights, ids)
         self._active_folded = self._folded_rows[rows_key]
-        fused = self.kernels == "triton" and not do_sample
+        fused = self.kernels == "triton" and not do_sample and self._fused_tail
         block = self._object_block_fused if fused else lambda: self._object_block(do_sample)
         graph = None
         if self.use_cuda_graph:
