@@ -222,11 +222,11 @@ if triton is not None:
         for k0 in range(BLOCK_K, k_in, BLOCK_K):
             col_ok = k0 + cols < k_in
             xv = tl.load(x_row + k0 + cols, mask=col_ok, other=0.0).to(tl.float32) * scale
-            ok = row_ok[:, None] & col_ok[None, :]
-            w = tl.load(w_ptr + k0 + tile, mask=ok, other=0.0).to(tl.float32)
-            acc += tl.sum(w * xv[None, :], axis=1)
+            ok_k = row_ok[:, None] & col_ok[None, :]
+            w_k = tl.load(w_ptr + k0 + tile, mask=ok_k, other=0.0).to(tl.float32)
+            acc += tl.sum(w_k * xv[None, :], axis=1)
             if GATED:
-                w1 = tl.load(w_ptr + n_out * k_in + k0 + tile, mask=ok, other=0.0).to(tl.float32)
+                w1 = tl.load(w_ptr + n_out * k_in + k0 + tile, mask=ok_k, other=0.0).to(tl.float32)
                 acc_gate += tl.sum(w1 * xv[None, :], axis=1)
         if ACT != 0:
             acc = _activate(acc, ACT)
