@@ -274,12 +274,10 @@ if triton is not None:
         acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
         for t0 in range(0, n_keys, BLOCK_T):
             if t0 > 0:  # the first block was read above
-                t = t0 + tl.arange(0, BLOCK_T)
-                t_ok = t < n_keys
-                kv = t[:, None] * HEAD_DIM + d[None, :]
-                k = tl.load(k_base + kv, mask=t_ok[:, None], other=0.0)
-                v = tl.load(v_base + kv, mask=t_ok[:, None], other=0.0)
-                bias = tl.load(bias_row + t, mask=t_ok, other=0.0)
+                t_ok = t0 + t < n_keys
+                k = tl.load(k_base + t0 * HEAD_DIM + kv, mask=t_ok[:, None], other=0.0)
+                v = tl.load(v_base + t0 * HEAD_DIM + kv, mask=t_ok[:, None], other=0.0)
+                bias = tl.load(bias_row + t0 + t, mask=t_ok, other=0.0)
             s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) + bias.to(tl.float32)
             s = tl.where(t_ok, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=0))
