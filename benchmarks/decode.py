@@ -207,7 +207,7 @@ def run_gpu(args: argparse.Namespace) -> None:
         mask = torch.ones(1, ENCODER_LENGTH, dtype=torch.long, device=device)
         grammar = DetectionGrammarProcessor(vocab, TOKENS, OBJECTS, device)
         # --- correctness on the GPU ---
-        engine = StaticT5Decoder(model, 1, TOKENS, ENCODER_LENGTH, torch.bfloat16, device, attention="sdpa")
+        engine = StaticT5Decoder(model, 1, TOKENS, ENCODER_LENGTH, torch.bfloat16, device, kernels="torch")
         fast = engine_generate(engine, rows, enc, mask)
         with torch.no_grad():
             ref = stock_generate(model, enc, mask, TOKENS, grammar)
@@ -221,7 +221,7 @@ def run_gpu(args: argparse.Namespace) -> None:
               f"teacher-forced logits rel err {metrics[f'{size}_bf16_teacher_forced_logits_rel_err']:.2e}", flush=True)  # fmt: skip
         if size in ("base", "tiny"):
             model32 = copy.deepcopy(model).float()
-            engine32 = StaticT5Decoder(model32, 1, TOKENS, ENCODER_LENGTH, torch.float32, device)
+            engine32 = StaticT5Decoder(model32, 1, TOKENS, ENCODER_LENGTH, torch.float32, device, kernels="torch")
             enc32 = enc.float()
             fast32 = engine_generate(engine32, rows, enc32, mask)
             with torch.no_grad():
@@ -278,11 +278,12 @@ def run_gpu(args: argparse.Namespace) -> None:
         # --- timing: engine variants ---
         best = float("inf")
         for name, kwargs in [
-            ("engine triton + CUDA graph", dict(kernels="triton")),
-            ("engine sdpa + CUDA graph", dict(attention="sdpa")),
-            ("engine bmm + CUDA graph", dict(attention="bmm")),
-            ("engine sdpa compiled + CUDA graph", dict(attention="sdpa", compile_layers=True)),
-            ("engine sdpa eager (no graph)", dict(attention="sdpa", use_cuda_graph=False)),
+            ("engine triton + PDL + CUDA graph", dict(kernels="triton")),
+            ("engine triton no PDL + CUDA graph", dict(kernels="triton", pdl=False)),
+            ("engine sdpa + CUDA graph", dict(kernels="torch", attention="sdpa")),
+            ("engine bmm + CUDA graph", dict(kernels="torch", attention="bmm")),
+            ("engine sdpa compiled + CUDA graph", dict(kernels="torch", attention="sdpa", compile_layers=True)),
+            ("engine sdpa eager (no graph)", dict(kernels="torch", attention="sdpa", use_cuda_graph=False)),
         ]:
             if (dry and "triton" in name) or not any(v in name for v in args.variants.split(",")):
                 continue
@@ -311,7 +312,7 @@ def run_gpu(args: argparse.Namespace) -> None:
             metrics[f"{size}_{key}_spread"] = round(spread(times), 3)
             if not eager:
                 best = min(best, ms)
-            if "triton" in name:  # the fused kernels against stock, bf16, teacher-forced
+            if name.startswith("engine triton + PDL"):  # the fused kernels against stock, bf16, teacher-forced
                 err = teacher_forced_rel_err(
                     model, engine, enc, mask, engine_generate(engine, rows, enc, mask)
                 )

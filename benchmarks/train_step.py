@@ -93,12 +93,22 @@ def step_fn(model, optimizer, batch, device):
     return step
 
 
-def measure(preset: str, batch_size: int, device: torch.device, checkpointing: bool, cached: bool) -> dict:
+def measure(
+    preset: str,
+    batch_size: int,
+    device: torch.device,
+    checkpointing: bool,
+    cached: bool,
+    compile_towers: bool = False,
+    profile: bool = False,
+) -> dict:
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(preset)
     with torch.device(device):
         model = PixtokForConditionalGeneration(config)
     model.train()
+    if compile_towers:  # frozen towers: forward only, compiled in place (parameter names unchanged)
+        model.model.towers.compile()
     if checkpointing:
         model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -118,6 +128,8 @@ def measure(preset: str, batch_size: int, device: torch.device, checkpointing: b
         torch.cuda.reset_peak_memory_stats()
     seconds = timed(step, device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    if profile and device.type == "cuda":
+        print_profile(step, seconds)
     trainable = sum(p.numel() for p in params)
     result = {
         "samples_per_s": batch_size / seconds,
@@ -133,9 +145,32 @@ def measure(preset: str, batch_size: int, device: torch.device, checkpointing: b
     return result
 
 
+def print_profile(step, seconds: float, top: int = 12) -> None:
+    """Device time of one step by kernel, against the step's wall time (the rest is host-side gaps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    rows = []
+    for evt in prof.key_averages():
+        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+        if us > 0:
+            rows.append((us / 1e3, evt.count, evt.key[:90]))
+    rows.sort(reverse=True)
+    busy = sum(r[0] for r in rows)
+    launches = sum(r[1] for r in rows)
+    print(f"    profile: {busy:.1f} ms of kernels in {launches} launches; step {seconds * 1e3:.1f} ms")
+    for ms, count, name in rows[:top]:
+        print(f"    {ms:8.2f} ms {count:6d}x  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batches", help="comma-separated base batch sizes (the first is the headline)")
+    parser.add_argument("--compile-towers", action="store_true", help="also time online towers compiled")
+    parser.add_argument("--profile", action="store_true", help="print each base step's top kernels")
     parser.add_argument("--xl-batch", type=int, default=8)
     parser.add_argument("--preset", default="base")
     parser.add_argument("--device", default="cuda")
@@ -144,13 +179,27 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     metrics: dict[str, float] = {}
-    for cached in (False, True):
-        r = measure(args.preset, args.batch, device, checkpointing=False, cached=cached)
-        tag = "base_cached" if cached else "base"
-        for k, v in r.items():
-            metrics[f"{tag}_{k}"] = v
-        print(f"{args.preset} {'cached' if cached else 'online'} batch {args.batch}: {r}", flush=True)
+    batches = [int(b) for b in str(args.batches or args.batch).split(",")]
+    for batch in batches:
+        for cached, compiled in ((False, False), (True, False), (False, True)):
+            if compiled and not args.compile_towers:
+                continue
+            r = measure(args.preset, batch, device, checkpointing=False, cached=cached,
+                        compile_towers=compiled, profile=args.profile)  # fmt: skip
+            tag = "base_cached" if cached else "base_compiled_towers" if compiled else "base"
+            if batch != batches[0]:
+                tag += f"_b{batch}"
+            for k, v in r.items():
+                metrics[f"{tag}_{k}"] = v
+            what = "cached" if cached else "online, compiled towers" if compiled else "online"
+            print(f"{args.preset} {what} batch {batch}: {r}", flush=True)
     metrics["cache_speedup"] = metrics["base_cached_samples_per_s"] / metrics["base_samples_per_s"]
+    if "base_compiled_towers_samples_per_s" in metrics:
+        metrics["cache_speedup_vs_compiled_towers"] = (
+            metrics["base_cached_samples_per_s"] / metrics["base_compiled_towers_samples_per_s"]
+        )
+    online_mfu = [v for k, v in metrics.items() if k.endswith("_mfu") and "cached" not in k]
+    metrics["base_best_online_mfu"] = max(online_mfu)
     if not args.skip_xl:
         r = measure("pixelllm-xl", args.xl_batch, device, checkpointing=True, cached=False)
         for k, v in r.items():
