@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixtok.model.configuration_pixtok import PixtokConfig  # noqa: E402
 from pixtok.model.image_processing_pixtok import PixtokImageProcessor  # noqa: E402
 from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration  # noqa: E402
-from timing import RESULTS_DIR, command_line, device_description, median, write_result  # noqa: E402
+from timing import RESULTS_DIR, command_line, device_description, median, time_cuda_ms, write_result  # noqa: E402
 
 OBJECTS = 100
 TOKENS = 5 * OBJECTS
