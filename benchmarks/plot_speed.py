@@ -48,7 +48,8 @@ def main() -> Path:
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=8)
     axes[0].legend(fontsize=8)
-    fig.suptitle("pixtok vs. stock Hugging Face, one H200, bf16 (benchmarks/results/*.json)", fontsize=10)
+    device = json.loads((RESULTS / "decode.json").read_text())["device"].split(" (")[0]
+    fig.suptitle(f"pixtok vs. stock Hugging Face, one {device}, bf16 (benchmarks/results/*.json)", fontsize=10)
     fig.tight_layout()
     out = RESULTS / "speed.png"
     fig.savefig(out, dpi=110)

@@ -351,6 +351,31 @@ def test_lora_is_merged_without_touching_the_model() -> None:
     assert (base_logits - ref).abs().max() > 1e-3  # the delta matters, so the check above means something
 
 
+def test_kernel_choice_and_launch_rule() -> None:
+    """kernels='auto' falls back to torch ops off CUDA; PDL needs the Triton path on a GPU; the
+    matrix-vector launch rule and its per-shape overrides."""
+    from pixtok.model import decode_engine as de
+
+    t5 = tiny_t5("relu", True)
+    engine = StaticT5Decoder(t5, max_batch_size=2, max_length=10, max_encoder_length=8)
+    assert engine.kernels == "torch" and engine.pdl is False
+    with pytest.raises(ValueError, match="pdl=True needs"):
+        StaticT5Decoder(t5, 2, 10, 8, pdl=True)
+    with pytest.raises(ValueError, match="kernels must be"):
+        StaticT5Decoder(t5, 2, 10, 8, kernels="cuda")
+    assert de.pdl_supported("cpu") is False
+    if de.triton is None:
+        return
+    assert de._gemv_config(2304, 768, False) == (2, 1024, 4)  # T5-base q|k|v
+    assert de._gemv_config(5120, 2048, True) == (1, 2048, 4)  # Flan-T5-XL gated FFN input
+    assert de._gemv_config(2048, 5120, False) == (2, 2048, 4)  # K beyond 2048: looped tiles
+    de.GEMV_CONFIGS[(2304, 768, False)] = (8, 256, 8)
+    try:
+        assert de._gemv_config(2304, 768, False) == (8, 256, 8)
+    finally:
+        del de.GEMV_CONFIGS[(2304, 768, False)]
+
+
 def test_bad_inputs_fail_with_clear_messages() -> None:
     t5 = tiny_t5("relu", True)
     engine = StaticT5Decoder(t5, max_batch_size=2, max_length=10, max_encoder_length=8)
