@@ -221,7 +221,9 @@ def run_gpu(args: argparse.Namespace) -> None:
               f"teacher-forced logits rel err {metrics[f'{size}_bf16_teacher_forced_logits_rel_err']:.2e}", flush=True)  # fmt: skip
         if size in ("base", "tiny"):
             model32 = copy.deepcopy(model).float()
-            engine32 = StaticT5Decoder(model32, 1, TOKENS, ENCODER_LENGTH, torch.float32, device, kernels="torch")
+            engine32 = StaticT5Decoder(
+                model32, 1, TOKENS, ENCODER_LENGTH, torch.float32, device, kernels="torch"
+            )
             enc32 = enc.float()
             fast32 = engine_generate(engine32, rows, enc32, mask)
             with torch.no_grad():
@@ -282,7 +284,10 @@ def run_gpu(args: argparse.Namespace) -> None:
             ("engine triton no PDL + CUDA graph", dict(kernels="triton", pdl=False)),
             ("engine sdpa + CUDA graph", dict(kernels="torch", attention="sdpa")),
             ("engine bmm + CUDA graph", dict(kernels="torch", attention="bmm")),
-            ("engine sdpa compiled + CUDA graph", dict(kernels="torch", attention="sdpa", compile_layers=True)),
+            (
+                "engine sdpa compiled + CUDA graph",
+                dict(kernels="torch", attention="sdpa", compile_layers=True),
+            ),
             ("engine sdpa eager (no graph)", dict(kernels="torch", attention="sdpa", use_cuda_graph=False)),
         ]:
             if (dry and "triton" in name) or not any(v in name for v in args.variants.split(",")):
@@ -312,7 +317,9 @@ def run_gpu(args: argparse.Namespace) -> None:
             metrics[f"{size}_{key}_spread"] = round(spread(times), 3)
             if not eager:
                 best = min(best, ms)
-            if name.startswith("engine triton + PDL"):  # the fused kernels against stock, bf16, teacher-forced
+            if name.startswith(
+                "engine triton + PDL"
+            ):  # the fused kernels against stock, bf16, teacher-forced
                 err = teacher_forced_rel_err(
                     model, engine, enc, mask, engine_generate(engine, rows, enc, mask)
                 )

@@ -49,7 +49,9 @@ def main() -> Path:
         ax.tick_params(labelsize=8)
     axes[0].legend(fontsize=8)
     device = json.loads((RESULTS / "decode.json").read_text())["device"].split(" (")[0]
-    fig.suptitle(f"pixtok vs. stock Hugging Face, one {device}, bf16 (benchmarks/results/*.json)", fontsize=10)
+    fig.suptitle(
+        f"pixtok vs. stock Hugging Face, one {device}, bf16 (benchmarks/results/*.json)", fontsize=10
+    )
     fig.tight_layout()
     out = RESULTS / "speed.png"
     fig.savefig(out, dpi=110)
