@@ -184,3 +184,30 @@ def test_eva02_matches_timm_eva_from_same_kwargs(tmp_path):
         expected = reference.fc_norm(tokens).transpose(1, 2).reshape(2, 32, 4, 4)
         got = ours(pixels)
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_fused_rel_pos_attention_matches_the_bias_tensor_form(window):
+    """SamRelPosAttention (relative-position terms as extra query/key columns) computes the same
+    attention as transformers' SamVisionAttention (an explicit (B, heads, N, N) bias)."""
+    from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionEncoder
+
+    from pixtok.model.sam import SamRelPosAttention
+
+    torch.manual_seed(0)
+    config = SamVisionConfig(hidden_size=64, num_attention_heads=4, image_size=128, patch_size=16)
+    reference = SamVisionAttention(config, window)
+    with torch.no_grad():  # the terms start at zero: make them matter
+        reference.rel_pos_h.normal_()
+        reference.rel_pos_w.normal_()
+    fused = SamRelPosAttention(config, window)
+    fused.load_state_dict(reference.state_dict())
+    side = 3 if window else 8
+    x = torch.randn(2, side, side, 64)
+    torch.testing.assert_close(fused(x)[0], reference(x)[0], atol=2e-6, rtol=2e-6)
+    # the encoder uses it by default, under the stock parameter names (checkpoints load 1:1)
+    encoder = SamImageEncoder(config)
+    assert all(isinstance(layer.attn, SamRelPosAttention) for layer in encoder.vision_encoder.layers)
+    assert set(encoder.vision_encoder.state_dict()) == set(SamVisionEncoder(config).state_dict())
+    plain = SamImageEncoder(config, fused_rel_pos=False)
+    assert not any(isinstance(layer.attn, SamRelPosAttention) for layer in plain.vision_encoder.layers)

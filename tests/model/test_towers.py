@@ -243,7 +243,7 @@ def test_sdpa_and_eager_agree():
     torch.manual_seed(0)
     eager = SamImageEncoder(tiny_sam_configs("eager")[0]).eval()
     sdpa = SamImageEncoder(tiny_sam_configs("sdpa")[0]).eval()
-    assert type(sdpa.vision_encoder.layers[0].attn).__name__ == "SamVisionSdpaAttention"
+    assert type(sdpa.vision_encoder.layers[0].attn).__name__ == "SamRelPosAttention"  # the fused form
     assert type(eager.vision_encoder.layers[0].attn).__name__ == "SamVisionAttention"
     with torch.no_grad():  # non-zero relative positions so the attention bias path is exercised
         for p in eager.parameters():
@@ -252,10 +252,12 @@ def test_sdpa_and_eager_agree():
     x = torch.randn(2, 3, S, S)
     with torch.no_grad():
         torch.testing.assert_close(sdpa(x), eager(x), atol=1e-5, rtol=1e-4)
-    # default (unset) is SDPA
-    assert type(SamImageEncoder(tiny_sam_configs()[0]).vision_encoder.layers[0].attn).__name__.endswith(
-        "SdpaAttention"
+    # default (unset) is the fused SDPA form; fused_rel_pos=False keeps transformers' SDPA module
+    assert type(SamImageEncoder(tiny_sam_configs()[0]).vision_encoder.layers[0].attn).__name__ == (
+        "SamRelPosAttention"
     )
+    plain = SamImageEncoder(tiny_sam_configs("sdpa")[0], fused_rel_pos=False)
+    assert type(plain.vision_encoder.layers[0].attn).__name__ == "SamVisionSdpaAttention"
 
 
 def test_bf16_towers_run_and_track_fp32(tower):

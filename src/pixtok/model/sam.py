@@ -31,10 +31,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import SamConfig
 from transformers.models.sam.modeling_sam import SamMaskDecoder as _HFSamMaskDecoder
-from transformers.models.sam.modeling_sam import SamPositionalEmbedding, SamVisionEncoder
+from transformers.models.sam.modeling_sam import SamPositionalEmbedding, SamVisionAttention, SamVisionEncoder
 from transformers.models.sam.modeling_sam import SamPromptEncoder as _HFSamPromptEncoder
 
 from .configuration_towers import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
@@ -82,21 +83,79 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+class SamRelPosAttention(SamVisionAttention):
+    """SAM's attention with the decomposed relative-position terms inside one fused attention call.
+
+    Stock SAM adds ``rel_h[q, row(k)] + rel_w[q, col(k)]`` as a bias tensor of (B, heads, N, N) —
+    for a 64 x 64 global layer, 16.8 M entries per head and image, written and read every call. The
+    same sum is a dot product: with ``q' = [q * scale, rel_h(q), rel_w(q)]`` and ``k' = [k,
+    one_hot(row(k)), one_hot(col(k))]``, ``q' . k'`` is the biased score, so
+    ``scaled_dot_product_attention(q', k', v, scale=1)`` (v zero-padded to the same width) computes
+    the stock result without any N x N tensor. Same parameters and names as the stock module.
+    """
+
+    def forward(self, hidden_states: Tensor, output_attentions: bool = False) -> tuple[Tensor, None]:
+        batch, height, width, _ = hidden_states.shape
+        heads, n = self.num_attention_heads, height * width
+        qkv = self.qkv(hidden_states).reshape(batch, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)  # (B, heads, N, c)
+        dim = query.shape[-1]
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(query, key, value, scale=self.scale)
+        else:
+            rel_h = self.get_rel_pos(height, height, self.rel_pos_h).to(query.dtype)  # (h, h_k, c)
+            rel_w = self.get_rel_pos(width, width, self.rel_pos_w).to(query.dtype)  # (w, w_k, c)
+            grid = query.reshape(batch, heads, height, width, dim)
+            terms_h = torch.einsum("bnhwc,hkc->bnhwk", grid, rel_h).reshape(batch, heads, n, height)
+            terms_w = torch.einsum("bnhwc,wkc->bnhwk", grid, rel_w).reshape(batch, heads, n, width)
+            pad = -(dim + height + width) % 8  # attention kernels want widths in multiples of 8
+            index = torch.arange(n, device=query.device)
+            one_hot = torch.cat(
+                [
+                    F.one_hot(index // width, height),
+                    F.one_hot(index % width, width),
+                    index.new_zeros(n, pad),
+                ],
+                dim=-1,
+            ).to(key.dtype)
+            q_aug = torch.cat(
+                [query * self.scale, terms_h, terms_w, query.new_zeros(batch, heads, n, pad)], -1
+            )
+            k_aug = torch.cat([key, one_hot.expand(batch, heads, n, -1)], -1)
+            v_aug = F.pad(value, (0, height + width + pad))
+            out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., :dim]
+        out = (
+            out.reshape(batch, heads, height, width, dim)
+            .permute(0, 2, 3, 1, 4)
+            .reshape(batch, height, width, -1)
+        )
+        return self.proj(out), None
+
+
 class SamImageEncoder(nn.Module):
     """SAM's ViT image encoder with its neck (transformers' ``SamVisionEncoder``).
 
-    Attention follows ``config._attn_implementation`` (``"sdpa"`` when unset, or ``"eager"``).
+    Attention: :class:`SamRelPosAttention` (the relative-position terms inside the fused attention,
+    no N x N bias tensor) when ``config._attn_implementation`` is ``"sdpa"`` or unset and
+    ``fused_rel_pos`` is true; otherwise transformers' own (``"sdpa"`` with a bias tensor, or
+    ``"eager"``).
     Gradient checkpointing is switched by the enclosing ``PreTrainedModel``
     (``gradient_checkpointing_enable``) or by ``self.vision_encoder.gradient_checkpointing_enable()``.
 
     Args:
         config: the SAM vision config (``image_size`` S, ``patch_size`` p, ``output_channels`` C).
+        fused_rel_pos: use :class:`SamRelPosAttention` (same parameters; benchmarks compare both).
     """
 
-    def __init__(self, config: SamVisionConfig) -> None:
+    def __init__(self, config: SamVisionConfig, fused_rel_pos: bool = True) -> None:
         super().__init__()
         self.config = config
         self.vision_encoder = SamVisionEncoder(config)
+        if fused_rel_pos and getattr(config, "_attn_implementation", None) in (None, "sdpa"):
+            for layer in self.vision_encoder.layers:
+                # same parameters, another forward: re-class in place (building a new module would
+                # draw from the random generator and change every later parameter's initialization)
+                layer.attn.__class__ = SamRelPosAttention
 
     @property
     def image_size(self) -> int:
