@@ -12,7 +12,8 @@ backward, AdamW) on random 1024² images with 500-token detection targets is tim
 
 MFU counts what the step really computes: the FLOPs are measured by
 ``torch.utils.flop_counter.FlopCounterMode`` on one step (frozen weights get no weight gradients,
-so they are not counted), divided by the step time and the datasheet dense bf16 rate (989.4 TFLOP/s
+so they are not counted; SAM's attention counted in its bias-tensor form, so the fused form's extra
+query/key columns are not counted as useful work), divided by the step time and the datasheet dense bf16 rate (989.4 TFLOP/s
 for H100 SXM / H200, the same figure ``towers.py`` uses).
 
     PYTHONPATH=src python3 benchmarks/train_step.py [--batch 8] [--out DIR]
@@ -24,6 +25,7 @@ Writes ``benchmarks/results/train.json`` (``base_mfu``, ``cache_speedup``, ``xl_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -60,6 +62,24 @@ def make_batch(config: PixtokConfig, batch: int, device: torch.device) -> dict[s
         "labels": labels.to(device),
         "label_weights": torch.ones(batch, TOKENS, device=device),
     }
+
+
+@contextlib.contextmanager
+def model_flops_form(model):
+    """Count the model's FLOPs, not the fused SAM attention's padding: while counting, its attention
+    layers run transformers' bias-tensor form (same math; the fused form adds query/key columns)."""
+    from transformers.models.sam.modeling_sam import SamVisionSdpaAttention
+
+    from pixtok.model.sam import SamRelPosAttention
+
+    swapped = [m for m in model.modules() if type(m) is SamRelPosAttention]
+    for module in swapped:
+        module.__class__ = SamVisionSdpaAttention
+    try:
+        yield
+    finally:
+        for module in swapped:
+            module.__class__ = SamRelPosAttention
 
 
 def timed(fn, device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
@@ -120,7 +140,7 @@ def measure(
         batch["image_embeddings"], batch["fused_features"] = features.sam.float(), features.fused.float()
     step = step_fn(model, optimizer, batch, device)
     step()  # allocate optimizer state before counting
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, model_flops_form(model):
         step()
     flops = counter.get_total_flops()
     if device.type == "cuda":
