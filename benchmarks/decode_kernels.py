@@ -33,7 +33,7 @@ import torch
 from decode import ENCODER_LENGTH, OBJECTS, TOKENS, build_model, detection_vocab
 from pixtok.model import decode_engine as de
 from pixtok.model.decode_engine import DetectionRows, StaticT5Decoder
-from timing import copy_bandwidth_gb_s, device_description
+from timing import copy_bandwidth_gb_s, device_description, kernel_times
 
 CHAIN = 32  # launches per captured graph
 
@@ -67,15 +67,11 @@ def graph_us_per_launch(launch, rotations: int, repeats: int = 10) -> float:
 def gemv_configs(k_in: int) -> list[tuple[int, int, int]]:
     out = []
     for bn, bk in itertools.product((1, 2, 4, 8, 16), (128, 256, 512, 1024, 2048)):
-        if not 512 <= bn * bk <= 8192 or bk > 2 * triton_next_pow2(k_in):
+        if not 512 <= bn * bk <= 8192 or bk > 2 * de.triton.next_power_of_2(k_in):
             continue
         for warps in (2, 4) if bn * bk <= 2048 else (4, 8):
             out.append((bn, bk, warps))
     return out
-
-
-def triton_next_pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
 
 
 def gemv_shapes(size: str) -> dict[str, dict]:
@@ -172,20 +168,19 @@ def sweep_attention(size: str, log: dict) -> dict[str, tuple[int, int]]:
         pos = torch.tensor([position], device="cuda")
         rows = []
         for block, warps, pdl in itertools.product((32, 64, 128, 256), (2, 4, 8), (False, True)):
-            launch_kw = {"launch_pdl": True} if pdl else {}
 
-            def launch(i, block=block, warps=warps, pdl=pdl, launch_kw=launch_kw, kind=kind, pos=pos):
+            def launch(i, block=block, warps=warps, pdl=pdl, kind=kind, pos=pos):
                 if kind == "self":
                     de._decode_attention_kernel[(heads,)](
                         qkv, 3 * heads * d, qkv[:, heads * d:], caches[i, 0], caches[i, 1], heads * length * d,
                         length * d, bias, 0, length, heads * length, pos, out, length, heads,
-                        SELF=True, HEAD_DIM=d, BLOCK_T=block, PDL=pdl, num_warps=warps, **launch_kw,
+                        SELF=True, HEAD_DIM=d, BLOCK_T=block, PDL=pdl, num_warps=warps, launch_pdl=pdl,
                     )  # fmt: skip
                 else:
                     de._decode_attention_kernel[(heads,)](
                         qkv, heads * d, qkv, cross[i, 0], cross[i, 1], heads * enc * d, enc * d,
                         cross_mask, enc, 0, 0, pos, out, enc, heads,
-                        SELF=False, HEAD_DIM=d, BLOCK_T=block, PDL=pdl, num_warps=warps, **launch_kw,
+                        SELF=False, HEAD_DIM=d, BLOCK_T=block, PDL=pdl, num_warps=warps, launch_pdl=pdl,
                     )  # fmt: skip
 
             try:
@@ -217,22 +212,13 @@ def sweep_attention(size: str, log: dict) -> dict[str, tuple[int, int]]:
 
 def profile_step(engine: StaticT5Decoder, rows: DetectionRows, fused: bool) -> list[tuple[str, float, float]]:
     """(kernel, us per token, launches per token) over 4 objects run eagerly."""
-    from torch.profiler import ProfilerActivity, profile
-
     engine.use_cuda_graph = False
     engine.generate_detection(rows, max_new_tokens=21)  # warm-up, compiles the kernels
     engine._fused_tail = fused
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        engine.generate_detection(rows, max_new_tokens=21, min_objects=4)
-        torch.cuda.synchronize()
     tokens = 20
-    table = []
-    for evt in prof.key_averages():
-        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
-        if us > 0 and evt.count > 0:
-            table.append((evt.key[:80], us / tokens, evt.count / tokens))
+    table = kernel_times(lambda: engine.generate_detection(rows, max_new_tokens=21, min_objects=4))
     engine.use_cuda_graph = True
-    return sorted(table, key=lambda r: -r[1])
+    return [(name, ms * 1e3 / tokens, count / tokens) for name, ms, count in table]
 
 
 def engine_ms_per_token(engine: StaticT5Decoder, rows: DetectionRows, repeats: int = 5) -> float:

@@ -51,6 +51,18 @@ def time_cpu_ms(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> lis
     return times
 
 
+def kernel_times(fn: Callable[[], Any]) -> list[tuple[str, float, int]]:
+    """CUDA kernels of one call of ``fn`` under ``torch.profiler``: (name, total ms, launches),
+    most time first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [(e.key[:90], e.device_time_total / 1e3, e.count) for e in prof.key_averages()]
+    return sorted((r for r in rows if r[1] > 0), key=lambda r: -r[1])
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 

@@ -33,6 +33,7 @@ from timing import (
     bf16_matmul_tflops,
     command_line,
     device_description,
+    kernel_times,
     median,
     spread,
     time_cuda_ms,
@@ -98,13 +99,8 @@ def throughput(fn: Callable[[], Any], batch: int, warmup: int, repeats: int) -> 
 
 def top_kernels(fn: Callable[[], Any], k: int = 8) -> list[tuple[str, float]]:
     """The k CUDA kernels with the most total time over one call (name, ms)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    rows = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:k]
-    return [(r.key[:90], r.device_time_total / 1e3) for r in rows]
+    with torch.inference_mode():
+        return [(name, ms) for name, ms, _ in kernel_times(fn)[:k]]
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:

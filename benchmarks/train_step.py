@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixtok.model.configuration_pixtok import PixtokConfig  # noqa: E402
 from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration  # noqa: E402
-from timing import RESULTS_DIR, command_line, device_description, median, write_result  # noqa: E402
+from timing import RESULTS_DIR, command_line, device_description, kernel_times, median, write_result  # noqa: E402
 
 PEAK_BF16_FLOPS = 989.4e12
 TOKENS = 501  # 100 objects x 5 + EOS
@@ -167,21 +167,11 @@ def measure(
 
 def print_profile(step, seconds: float, top: int = 12) -> None:
     """Device time of one step by kernel, against the step's wall time (the rest is host-side gaps)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    rows = []
-    for evt in prof.key_averages():
-        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
-        if us > 0:
-            rows.append((us / 1e3, evt.count, evt.key[:90]))
-    rows.sort(reverse=True)
-    busy = sum(r[0] for r in rows)
-    launches = sum(r[1] for r in rows)
+    rows = kernel_times(step)
+    busy = sum(r[1] for r in rows)
+    launches = sum(r[2] for r in rows)
     print(f"    profile: {busy:.1f} ms of kernels in {launches} launches; step {seconds * 1e3:.1f} ms")
-    for ms, count, name in rows[:top]:
+    for name, ms, count in rows[:top]:
         print(f"    {ms:8.2f} ms {count:6d}x  {name}")
 
 

@@ -167,15 +167,23 @@ def pdl_supported(device: torch.device | str) -> bool:
     intrinsics and the ``launch_pdl`` launch option.
     """
     device = torch.device(device)
-    if triton is None or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+    if gdc_wait is None or device.type != "cuda":
         return False
-    try:
-        from triton.language.extra import cuda as triton_cuda
-    except ImportError:  # pragma: no cover - very old Triton
-        return False
-    return hasattr(triton_cuda, "gdc_wait") and hasattr(triton_cuda, "gdc_launch_dependents")
+    return torch.cuda.get_device_capability(device)[0] >= 9
 
 
+def _triton_unsupported(device: torch.device, max_batch_size: int, activation: str) -> str | None:
+    """Why ``kernels="triton"`` cannot run this engine (``None`` when it can)."""
+    if triton is None or device.type != "cuda":
+        return "kernels='triton' needs a CUDA device and the triton package"
+    if max_batch_size > _TRITON_MAX_BATCH:
+        return f"kernels='triton' decodes at most {_TRITON_MAX_BATCH} sequences at once"
+    if activation not in _TRITON_ACTIVATIONS:
+        return f"kernels='triton' has no {activation!r} activation"
+    return None
+
+
+gdc_launch_dependents = gdc_wait = None  # the PDL intrinsics, where this Triton has them
 if triton is not None:
     try:
         from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -380,7 +388,7 @@ def _triton_gemv(
     _gemv_kernel[grid](
         x, weight, residual if residual is not None else x, out, n_out, k_in, norm_eps or 0.0,
         NORM=norm_eps is not None, ACT=act, GATED=gated, RESIDUAL=residual is not None,
-        BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl, num_warps=warps, **({"launch_pdl": True} if pdl else {}),
+        BLOCK_N=block_n, BLOCK_K=block_k, PDL=pdl, num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
     return out
 
@@ -506,24 +514,13 @@ class StaticT5Decoder:
         self.attention = attention
         if kernels not in ("auto", "torch", "triton"):
             raise ValueError(f"kernels must be 'auto', 'torch' or 'triton', got {kernels!r}")
+        unsupported = _triton_unsupported(self.device, max_batch_size, config.dense_act_fn)
         if kernels == "auto":
-            kernels = (
-                "triton"
-                if triton is not None
-                and self.device.type == "cuda"
-                and max_batch_size <= _TRITON_MAX_BATCH
-                and config.dense_act_fn in _TRITON_ACTIVATIONS
-                and not compile_layers
-                else "torch"
-            )
+            kernels = "torch" if unsupported or compile_layers else "triton"
         self.kernels = kernels
         if kernels == "triton":
-            if triton is None or self.device.type != "cuda":
-                raise ValueError("kernels='triton' needs a CUDA device and the triton package")
-            if max_batch_size > _TRITON_MAX_BATCH:
-                raise ValueError(f"kernels='triton' decodes at most {_TRITON_MAX_BATCH} sequences at once")
-            if config.dense_act_fn not in _TRITON_ACTIVATIONS:
-                raise ValueError(f"kernels='triton' has no {config.dense_act_fn!r} activation")
+            if unsupported:
+                raise ValueError(unsupported)
             self._triton_act = _TRITON_ACTIVATIONS[config.dense_act_fn]
         if pdl and not (kernels == "triton" and pdl_supported(self.device)):
             raise ValueError(
@@ -567,13 +564,10 @@ class StaticT5Decoder:
                 self.positions[:rows] = self._w(position_embeddings[:rows])
         self._batch = 0
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
-        self._row_cache: dict[tuple, tuple[list[Tensor], list[Tensor]]] = {}
-        self._folded_rows: dict[tuple, list[Tensor]] = {}
-        self._fused_tail = (
-            True  # greedy triton detection: head + pick as two kernels (benchmarks turn it off)
-        )
-        self._active_folded: list[Tensor] = []
-        self._active_rows: tuple[list[Tensor], list[Tensor]] = ([], [])
+        self._row_cache: dict[tuple, tuple[list[Tensor], list[Tensor], list[Tensor] | None]] = {}
+        self._active_rows: tuple[list[Tensor], list[Tensor], list[Tensor] | None] = ([], [], None)
+        # greedy triton detection: head + pick as two kernels per step (benchmarks turn it off)
+        self._fused_tail = True
 
     # --- set-up ----------------------------------------------------------------------------------
     def _w(self, t: Tensor) -> Tensor:
@@ -769,13 +763,10 @@ class StaticT5Decoder:
         bsz = x.shape[0]
         h, d = self.num_heads, self.head_dim
         inner, pdl = self.inner_dim, self.pdl
-        launch = {"launch_pdl": True} if pdl else {}
         self_bias = self.self_bias
         length, enc_len = self.max_length, self.max_encoder_length
-        (self_block, self_warps), (cross_block, cross_warps) = (
-            ATTENTION_CONFIGS["self"],
-            ATTENTION_CONFIGS["cross"],
-        )
+        self_block, self_warps = ATTENTION_CONFIGS["self"]
+        cross_block, cross_warps = ATTENTION_CONFIGS["cross"]
         for i, layer in enumerate(self.layers):
             qkv = _triton_gemv(x, layer.qkv, norm_eps=self.eps, pdl=pdl)  # (B, 3 * inner), q | k | v
             attn = torch.empty(bsz, inner, device=x.device, dtype=x.dtype)
@@ -783,7 +774,7 @@ class StaticT5Decoder:
             _decode_attention_kernel[(bsz * h,)](
                 qkv, 3 * inner, qkv[:, inner:], cache[0], cache[1], h * length * d, length * d,
                 self_bias, 0, length, h * length, self.position, attn, length, h,
-                SELF=True, HEAD_DIM=d, BLOCK_T=self_block, PDL=pdl, num_warps=self_warps, **launch,
+                SELF=True, HEAD_DIM=d, BLOCK_T=self_block, PDL=pdl, num_warps=self_warps, launch_pdl=pdl,
             )  # fmt: skip
             x = _triton_gemv(attn, layer.o, residual=x, pdl=pdl)
             q = _triton_gemv(x, layer.q_cross, norm_eps=self.eps, pdl=pdl)
@@ -792,7 +783,7 @@ class StaticT5Decoder:
             _decode_attention_kernel[(bsz * h,)](
                 q, inner, q, cross[0], cross[1], h * enc_len * d, enc_len * d,
                 self.cross_mask, enc_len, 0, 0, self.position, attn, enc_len, h,
-                SELF=False, HEAD_DIM=d, BLOCK_T=cross_block, PDL=pdl, num_warps=cross_warps, **launch,
+                SELF=False, HEAD_DIM=d, BLOCK_T=cross_block, PDL=pdl, num_warps=cross_warps, launch_pdl=pdl,
             )  # fmt: skip
             x = _triton_gemv(attn, layer.o_cross, residual=x, pdl=pdl)
             u = _triton_gemv(x, layer.wi, norm_eps=self.eps, act=self._triton_act, gated=self.gated, pdl=pdl)
@@ -837,26 +828,31 @@ class StaticT5Decoder:
         return step
 
     # --- the fused detection path ----------------------------------------------------------------
-    def _head_rows(self, rows: DetectionRows) -> tuple[tuple, list[Tensor], list[Tensor]]:
+    def _head_rows(
+        self, rows: DetectionRows
+    ) -> tuple[tuple, tuple[list[Tensor], list[Tensor], list[Tensor] | None]]:
         """Per position in an object: the LM-head rows (rescale folded in) and their vocabulary ids.
 
-        Returns ``(key, weights, ids)``; ``weights[p]`` is (R_p, D), ``ids[p]`` (R_p,) long. Cached
-        per row set, so a captured graph keeps pointing at live tensors.
+        Returns ``(key, (weights, ids, folded))``; ``weights[p]`` is (R_p, D), ``ids[p]`` (R_p,)
+        long, ``folded[p]`` the same rows with the final layer norm's weight folded in (for the
+        Triton head kernel; ``None`` with torch kernels). Cached per row set, so a captured graph
+        keeps pointing at live tensors.
         """
         key = (tuple(rows.coord_ids.tolist()), tuple(rows.class_ids.tolist()))
         if key not in self._row_cache:
             ids = [rows.allowed(p).to(self.device) for p in range(TOKENS_PER_OBJECT)]
             weights = [(self.lm_head.index_select(0, i) * self.head_scale).contiguous() for i in ids]
-            self._row_cache[key] = (weights, ids)
-            # the fused greedy path applies the final layer norm inside the head's kernel
-            ln = self.final_ln.float()
-            self._folded_rows[key] = [(w.float() * ln).to(self.dtype).contiguous() for w in weights]
-        return (key, *self._row_cache[key])
+            folded = None
+            if self.kernels == "triton":
+                ln = self.final_ln.float()
+                folded = [(w.float() * ln).to(self.dtype).contiguous() for w in weights]
+            self._row_cache[key] = (weights, ids, folded)
+        return key, self._row_cache[key]
 
     def _object_block(self, do_sample: bool) -> None:
         """Decode one object: 5 steps, each with the head rows its grammar position allows."""
         bsz = self._batch
-        weights, ids = self._active_rows
+        weights, ids, _ = self._active_rows
         pos = self.position
         for p in range(TOKENS_PER_OBJECT):
             hidden = self._layers_fn(self.input_ids[:bsz])
@@ -889,13 +885,11 @@ class StaticT5Decoder:
         then one kernel for the grammar rows' logits (final layer norm folded in) and one for the
         pick and every output and state update (:func:`_pick_kernel`)."""
         bsz = self._batch
-        _, ids = self._active_rows
+        _, ids, folded = self._active_rows
+        positions = self.positions if self.positions is not None else self.embedding  # any pointer
         for p in range(TOKENS_PER_OBJECT):
             x = self._triton_layers(self.x_next[:bsz])
-            logits = _triton_gemv(
-                x, self._active_folded[p], norm_eps=self.eps, pdl=self.pdl, out_dtype=torch.float32
-            )
-            positions = self.positions if self.positions is not None else self.embedding
+            logits = _triton_gemv(x, folded[p], norm_eps=self.eps, pdl=self.pdl, out_dtype=torch.float32)
             _pick_kernel[(1,)](
                 logits, logits.shape[1], ids[p], self.temperature, self.eos_bias, self.coord_bias,
                 self.position, self.done, self.input_ids, self.out_ids, self.out_scores,
@@ -974,9 +968,7 @@ class StaticT5Decoder:
             raise ValueError("need 0 < top_p <= 1, temperature > 0 and check_every >= 1")
         if min_objects < 0 or (max_objects is not None and max_objects < min_objects):
             raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
-        rows_key, weights, ids = self._head_rows(rows)
-        self._active_rows = (weights, ids)
-        self._active_folded = self._folded_rows[rows_key]
+        rows_key, self._active_rows = self._head_rows(rows)
         fused = self.kernels == "triton" and not do_sample and self._fused_tail
         block = self._object_block_fused if fused else lambda: self._object_block(do_sample)
         graph = None
