@@ -174,6 +174,7 @@ def square_data(args: argparse.Namespace):
         },
         label_smoothing=args.label_smoothing,
         decoder_position_embeddings=args.decoder_positions or 0,
+        text_embedding_init_std=args.embedding_std,
     )
     model = PixtokForConditionalGeneration(config)
     processor = PixtokProcessor.from_config(config)
@@ -205,6 +206,8 @@ def synthetic_data(args: argparse.Namespace):
         overrides["model.overrides.extractor_config.grid_source"] = args.grid_source
     if args.decoder_positions is not None:
         overrides["model.overrides.decoder_position_embeddings"] = args.decoder_positions
+    if args.embedding_std is not None:
+        overrides["model.overrides.text_embedding_init_std"] = args.embedding_std
     if args.num_images:
         overrides["data.synthetic.num_images"] = args.num_images
     recipe = row_config("detection_no_seq_aug", overrides)
@@ -255,6 +258,19 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="scale the last T5 decoder state by d_model**-0.5 before the LM head (T5 v1.0; "
         "text_config tie_word_embeddings=True); the presets do not",
+    )
+    parser.add_argument(
+        "--embedding-std",
+        type=float,
+        help="std of the T5's initial embedding / tied head rows and decoder positions "
+        "(config.text_embedding_init_std; default: T5's initializer_factor)",
+    )
+    parser.add_argument(
+        "--query-lr-scale",
+        type=float,
+        default=1.0,
+        help="learning-rate factor of the T5 attention queries (train.lr_scales; d_kv**-0.5 trains "
+        "them as a scaled attention's)",
     )
     parser.add_argument(
         "--grid-source",
@@ -309,10 +325,16 @@ def main(argv: list[str] | None = None) -> dict:
         sinusoid_coordinate_rows(rows, config.vocab)
     model.to(device).train()
     plain.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    from pixtok.training.loop import QUERY_LR_PATTERN, _param_groups
+
+    groups = _param_groups(
+        model, 0.0, {QUERY_LR_PATTERN: args.query_lr_scale} if args.query_lr_scale != 1.0 else None
+    )
     if args.decoder == "plain":
-        params += list(plain.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+        groups.append({"params": list(plain.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
+    for group in groups:
+        group["lr"] = args.lr * group["lr_scale"]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     vocab = config.vocab
 
@@ -384,6 +406,8 @@ def main(argv: list[str] | None = None) -> dict:
             "encoder": args.encoder,
             "t5_init": text.initializer_factor,
             "t5_scaled_outputs": args.scaled_outputs,
+            "embedding_std": config.text_embedding_init_std,
+            "query_lr_scale": args.query_lr_scale,
             "grid_source": config.extractor_config.grid_source,
             "label_smoothing": args.label_smoothing,
             "lr": args.lr,

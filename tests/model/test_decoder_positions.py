@@ -107,3 +107,40 @@ def test_table_saves_and_loads(tmp_path, batch):
     torch.testing.assert_close(loaded.model.decoder_positions.weight, model.model.decoder_positions.weight)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_embedding_init_std_sets_rows_and_positions_and_survives_loading(tmp_path, batch):
+    """config.text_embedding_init_std: the T5 embedding (tied to its head) and the position table
+    start at that std instead of T5's initializer_factor; a saved model loads its trained rows."""
+    _, _, inputs = batch
+    torch.manual_seed(0)
+    config = PixtokConfig.from_preset(
+        "tiny",
+        lora_r=0,
+        freeze_text_model=False,
+        decoder_position_embeddings=POSITIONS,
+        text_embedding_init_std=0.125,
+        text_config={"initializer_factor": 1.0},
+    )
+    model = PixtokForConditionalGeneration(config).eval()
+    text = model.model.text_model
+    assert text.shared.weight.std().item() == pytest.approx(0.125, rel=0.05)
+    assert text.lm_head.weight.data_ptr() == text.shared.weight.data_ptr()
+    assert model.model.decoder_positions.weight.std().item() == pytest.approx(0.125, rel=0.1)
+    default = PixtokForConditionalGeneration(
+        PixtokConfig.from_preset(
+            "tiny", lora_r=0, freeze_text_model=False, text_config={"initializer_factor": 1.0}
+        )
+    )
+    assert default.model.text_model.shared.weight.std().item() == pytest.approx(1.0, rel=0.05)
+
+    with torch.no_grad():
+        text.shared.weight.mul_(3.0)  # "trained": no longer at the init std
+    model.save_pretrained(tmp_path)
+    loaded = PixtokForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.text_embedding_init_std == 0.125
+    torch.testing.assert_close(loaded.model.text_model.shared.weight, text.shared.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+    with pytest.raises(ValueError, match="text_embedding_init_std must be > 0"):
+        PixtokConfig.from_preset("tiny", text_embedding_init_std=0.0)

@@ -14,7 +14,7 @@ import torch
 
 from pixtok.tasks.base import Example, Task
 from pixtok.training.checkpoint import list_checkpoints
-from pixtok.training.config import load_config
+from pixtok.training.config import ConfigError, load_config
 from pixtok.training.loop import TaskData, train
 
 
@@ -99,10 +99,11 @@ class LineTask(Task):
         }
 
 
-def _run(tmp_path, name, max_steps, resume=None, nan_at=None, save_every=3, crash_at=None):
+def _run(tmp_path, name, max_steps, resume=None, nan_at=None, save_every=3, crash_at=None, lr_scales=None):
     recipe = load_config(
         None,
         {
+            "train.lr_scales": lr_scales or {},
             "train.max_steps": max_steps,
             "train.batch_size": 4,
             "train.learning_rate": 0.05,
@@ -149,3 +150,33 @@ def test_interrupted_save_leaves_no_checkpoint(tmp_path):
     assert list_checkpoints(tmp_path / "run") == []
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         _run(tmp_path, "x", 2, resume=str(tmp_path / "run"))
+
+
+def test_lr_scales_scale_matching_parameters_and_resume_exactly(tmp_path):
+    """train.lr_scales: a matching parameter's steps shrink by its factor (Adam's step is about the
+    learning rate, so `a` moves ~1000x less than without); the log keeps the base rate; resume
+    continues exactly with the extra parameter group."""
+    plain, plain_result = _run(tmp_path, "plain", 6)
+    scaled, scaled_result = _run(tmp_path, "scaled", 6, lr_scales={"^a$": 1e-3})
+    assert abs(float(plain.a.detach())) > 0.1
+    assert abs(float(scaled.a.detach())) < abs(float(plain.a.detach())) * 2e-3
+    assert abs(float(scaled.b.detach())) > 0.1
+    lrs = [h["train/lr"] for h in scaled_result["history"] if "train/lr" in h]
+    assert lrs == [h["train/lr"] for h in plain_result["history"] if "train/lr" in h] and max(lrs) > 0.01
+
+    with pytest.raises(Killed):
+        _run(tmp_path, "half", 6, save_every=2, crash_at=4, lr_scales={"^a$": 1e-3})
+    resumed, _ = _run(
+        tmp_path, "half", 6, resume=str(tmp_path / "half"), save_every=2, lr_scales={"^a$": 1e-3}
+    )
+    for name, p in scaled.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[name]), name
+
+
+def test_lr_scales_pattern_must_match_and_be_valid(tmp_path):
+    with pytest.raises(ValueError, match="match no trainable parameter"):
+        _run(tmp_path, "unused", 2, lr_scales={"nothing_named_so": 0.5})
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        load_config(None, {"train.lr_scales": {"(": 0.5}})
+    with pytest.raises(ConfigError, match="factor > 0"):
+        load_config(None, {"train.lr_scales": {"a": -1}})

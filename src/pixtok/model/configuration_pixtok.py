@@ -174,6 +174,12 @@ class PixtokConfig(PretrainedConfig):
             it, a T5 trained from scratch finds a token's place in the five-token object grammar far
             sooner (``benchmarks/learning/localization_probe.py``). Decoding stops at this many
             steps.
+        text_embedding_init_std (`float`, *optional*):
+            Std of the T5's initial embedding rows (shared with its LM head) and of the decoder
+            position table, instead of T5's ``initializer_factor``. For training from scratch with
+            T5's own init (factor 1.0) and unscaled decoder outputs, ``d_model ** -0.5`` starts the
+            logits at unit std with the head of a plain transformer decoder. A fresh model only:
+            loaded and pretrained weights are not touched. `None`: T5's init.
         num_proposals (`int`, *optional*, defaults to 20):
             Boxes the proposal head keeps per image for dense captioning.
         trace_head_hidden_size (`int`, *optional*, defaults to 256):
@@ -251,6 +257,7 @@ class PixtokConfig(PretrainedConfig):
         id2label: dict[int, str] | None = None,
         max_objects: int = 100,
         decoder_position_embeddings: int = 0,
+        text_embedding_init_std: float | None = None,
         num_proposals: int = 20,
         trace_head_hidden_size: int = 256,
         trace_head_num_layers: int = 3,
@@ -317,6 +324,9 @@ class PixtokConfig(PretrainedConfig):
         if decoder_position_embeddings < 0:
             raise ValueError(f"decoder_position_embeddings must be >= 0, got {decoder_position_embeddings}")
         self.decoder_position_embeddings = decoder_position_embeddings
+        if text_embedding_init_std is not None and not text_embedding_init_std > 0:
+            raise ValueError(f"text_embedding_init_std must be > 0 or None, got {text_embedding_init_std}")
+        self.text_embedding_init_std = text_embedding_init_std
         self.num_proposals = num_proposals
         self.trace_head_hidden_size = trace_head_hidden_size
         self.trace_head_num_layers = trace_head_num_layers

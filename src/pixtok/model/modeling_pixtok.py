@@ -259,14 +259,21 @@ class PixtokModel(PixtokPreTrainedModel):
             if config.freeze_text_model
             else None
         )
+        embedding_std = config.text_embedding_init_std
         self.decoder_positions = (
             DecoderPositions(
-                config.decoder_position_embeddings, text_config.d_model, text_config.initializer_factor
+                config.decoder_position_embeddings,
+                text_config.d_model,
+                text_config.initializer_factor if embedding_std is None else embedding_std,
             )
             if config.decoder_position_embeddings
             else None
         )
         self.post_init()
+        if embedding_std is not None:
+            # after T5's own init; from_pretrained loads over it (and skips init altogether)
+            with torch.no_grad():
+                nn.init.normal_(self.text_model.shared.weight, std=embedding_std)
         if config.lora_r > 0:
             apply_lora(
                 self.text_model,

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,12 @@ class TrainSection:
         gradient_accumulation_steps: micro-batches per optimizer step.
         learning_rate: peak learning rate (cosine decay after ``warmup_steps``).
         weight_decay: AdamW weight decay.
+        lr_scales: learning-rate factors by parameter name (regex, first match wins), e.g.
+            ``{'(SelfAttention|EncDecAttention)\\.q\\.': 0.125}``: T5's attention has no
+            ``1/sqrt(d_kv)`` and its init puts that factor into the query weights instead, so with
+            AdamW, whose steps do not shrink with the weights, the queries learn ``sqrt(d_kv)`` times
+            faster than a standard attention's; a factor of ``d_kv ** -0.5`` on their learning rate
+            trains them as one. A pattern that matches no trainable parameter is an error.
         betas: AdamW betas (Pix2Seq uses β2 = 0.95).
         warmup_steps: linear warm-up steps.
         min_lr_ratio: final learning rate as a fraction of the peak.
@@ -116,6 +123,7 @@ class TrainSection:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     weight_decay: float = 0.05
+    lr_scales: dict[str, float] = field(default_factory=dict)
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 20
     min_lr_ratio: float = 0.0
@@ -184,8 +192,28 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
             value = "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
             if value not in ("no", "fp16", "bf16", "fp8"):
                 raise ConfigError(f"{where}.{name}: expected no | fp16 | bf16 | fp8, got {value!r}")
+        if name == "lr_scales":
+            value = _lr_scales(value, f"{where}.{name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _lr_scales(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of parameter-name regex -> factor, got {value!r}")
+    scales = {}
+    for pattern, factor in value.items():
+        try:
+            re.compile(str(pattern))
+        except re.error as err:
+            raise ConfigError(f"{where}: {pattern!r} is not a regular expression ({err})") from None
+        if isinstance(factor, str):
+            with contextlib.suppress(ValueError):
+                factor = float(factor)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+            raise ConfigError(f"{where}[{pattern!r}]: expected a factor > 0, got {factor!r}")
+        scales[str(pattern)] = float(factor)
+    return scales
 
 
 def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:

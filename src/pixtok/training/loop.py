@@ -35,6 +35,7 @@ import contextlib
 import copy
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -125,14 +126,39 @@ def _cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    if not decay and not no_decay:
+# T5's attention query projections (``train.lr_scales`` key; see TrainSection.lr_scales)
+QUERY_LR_PATTERN = r"(SelfAttention|EncDecAttention)\.q\."
+
+
+def _param_groups(
+    model: torch.nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; ``lr_scales`` (regex on the parameter name ->
+    factor, first match wins) multiplies a group's learning rate, and so its decoupled decay."""
+    rules = [(re.compile(pattern), float(factor)) for pattern, factor in (lr_scales or {}).items()]
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    matched = {pattern.pattern: 0 for pattern, _ in rules}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = 1.0
+        for pattern, factor in rules:
+            if pattern.search(name):
+                scale = factor
+                matched[pattern.pattern] += 1
+                break
+        groups.setdefault((scale, p.ndim >= 2), []).append(p)
+    if not groups:
         raise ValueError("the model has no trainable parameters: check the freeze policy / LoRA settings")
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    unused = [pattern for pattern, count in matched.items() if not count]
+    if unused:
+        raise ValueError(f"train.lr_scales patterns match no trainable parameter: {unused}")
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (scale, decay), params in sorted(
+            groups.items(), key=lambda item: (item[0][0] != 1.0, item[0][0], not item[0][1])
+        )
+    ]
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -236,9 +262,10 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     full_copy = copy.deepcopy(model).cpu() if sharded and accelerator.is_main_process else None
     if sharded:
         _merge_tied_embeddings(model)
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=tuple(cfg.betas)
-    )
+    groups = _param_groups(model, cfg.weight_decay, cfg.lr_scales)
+    for group in groups:
+        group["lr"] = cfg.learning_rate * group["lr_scale"]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas))
     scheduler = _cosine_schedule(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -349,7 +376,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 for i, name in enumerate(LOSS_NAMES)
                 if totals[1, i] > 0
             }
-            logs["train/lr"] = scheduler.get_last_lr()[0]
+            logs["train/lr"] = scheduler.get_last_lr()[0] / groups[0]["lr_scale"]
             logs["train/task"] = task_index
             accelerator.log(logs, step=step)
             history.append(
