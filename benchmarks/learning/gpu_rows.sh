@@ -3,7 +3,8 @@
 #
 #   benchmarks/learning/gpu_rows.sh OUT_DIR "detection:2600 caption referring" [--set key=value ...]
 #
-# A row may carry its own step count (row:steps, train.max_steps of that row); --set applies to all.
+# A row may carry its own step count (row:steps, train.max_steps of that row) and GPU (row@2 or
+# row:steps@2); --set applies to all.
 # Rows go to GPUs round-robin (CUDA_VISIBLE_DEVICES), several to a GPU when there are more rows than
 # GPUs: the `small` preset leaves most of an H100/H200 idle, and each row still has its own time
 # limit (train.time_limit_minutes). The synthetic benchmark is written once, before the rows start.
@@ -46,6 +47,8 @@ EOF
 
 i=0
 for entry in $row_list; do
+  gpu=$((i % gpus))
+  case $entry in *@*) gpu=${entry##*@}; entry=${entry%@*} ;; esac
   row=${entry%%:*}
   extra=()
   [ "$entry" != "$row" ] && extra+=(--set "train.max_steps=${entry#*:}")
@@ -53,10 +56,10 @@ for entry in $row_list; do
     coco_tiny*) extra+=(--set "data.paths.annotations=$coco/annotations/instances_train2017.json"
                        --set "data.paths.images=$coco/train2017") ;;
   esac
-  (CUDA_VISIBLE_DEVICES=$((i % gpus)) timeout "$row_timeout" python3 benchmarks/learning/run.py "$row" \
+  (CUDA_VISIBLE_DEVICES=$gpu timeout "$row_timeout" python3 benchmarks/learning/run.py "$row" \
     --output-dir "$work/runs/$row" --results "$work/results" "${extra[@]}" "$@" \
     > "$work/logs/$row.log" 2>&1; echo "exit $? after $(( $(date +%s) - start )) s" >> "$work/logs/$row.log"; pack) &
-  echo "started $row on GPU $((i % gpus))"
+  echo "started $row on GPU $gpu"
   i=$((i + 1))
 done
 (while sleep 60; do pack; done) &
@@ -65,7 +68,7 @@ wait $(jobs -p | grep -v "^$packer$")
 kill $packer 2>/dev/null
 echo "all rows done in $(( $(date +%s) - start )) s"
 for entry in $row_list; do
-  row=${entry%%:*}
+  row=${entry%%[:@]*}
   echo "=== $row"; grep -v "it/s\]\|s/it\]" "$work/logs/$row.log" | tail -6
 done
 pack
