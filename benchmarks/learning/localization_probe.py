@@ -22,7 +22,9 @@ absolute position table (``config.decoder_position_embeddings``; the ``small`` p
 ``--t5-init 1.0 --scaled-outputs`` trains the T5 as T5 v1.0 does (its own init, the last decoder
 state scaled by ``d_model**-0.5`` before the LM head; the ``small`` preset's ``initializer_factor``
 0.1 also shrinks every RMSNorm weight), and ``--grid-source`` picks what the extractor's grid
-tokens are made of.
+tokens are made of. ``--t5-init 1.0 --embedding-std D**-0.5 --query-lr-scale d_kv**-0.5`` trains the
+T5 as a standard transformer (the recipe of the detection row's config, whose init and
+``train.lr_scales`` the synthetic probe takes by default).
 
 ``--data synthetic`` runs the same comparison on the learning benchmark's detection row without
 sequence augmentation (``detection_no_seq_aug``, its preset and data; ``--preset small`` on a GPU),
@@ -204,6 +206,8 @@ def synthetic_data(args: argparse.Namespace):
         overrides["model.overrides.text_config.tie_word_embeddings"] = True
     if args.grid_source:
         overrides["model.overrides.extractor_config.grid_source"] = args.grid_source
+    if args.grid_tokens is not None:
+        overrides["model.overrides.extractor_config.grid_tokens"] = args.grid_tokens
     if args.decoder_positions is not None:
         overrides["model.overrides.decoder_position_embeddings"] = args.decoder_positions
     if args.embedding_std is not None:
@@ -211,6 +215,8 @@ def synthetic_data(args: argparse.Namespace):
     if args.num_images:
         overrides["data.synthetic.num_images"] = args.num_images
     recipe = row_config("detection_no_seq_aug", overrides)
+    if args.query_lr_scale is None:  # the row's own optimizer groups
+        args.lr_scales = recipe.train.lr_scales
     model, processor, tasks = prepare(recipe)
     data = tasks[0]
     mixture = TaskMixture([len(data.train_items)], [1.0], recipe.train.seed)
@@ -268,14 +274,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--query-lr-scale",
         type=float,
-        default=1.0,
         help="learning-rate factor of the T5 attention queries (train.lr_scales; d_kv**-0.5 trains "
-        "them as a scaled attention's)",
+        "them as a scaled attention's; default: the row's train.lr_scales on synthetic, 1 on squares)",
     )
     parser.add_argument(
         "--grid-source",
         choices=("transformer", "features"),
         help="the extractor's grid tokens: its transformer's output or input image tokens (default: the preset's)",
+    )
+    parser.add_argument(
+        "--grid-tokens",
+        type=int,
+        help="the extractor's grid tokens per side (--data synthetic; default: the row's)",
     )
     parser.add_argument(
         "--label-smoothing", type=float, default=0.1, help="pixtok's LM loss smoothing (t5 decoder)"
@@ -327,9 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
     plain.to(device).train()
     from pixtok.training.loop import QUERY_LR_PATTERN, _param_groups
 
-    groups = _param_groups(
-        model, 0.0, {QUERY_LR_PATTERN: args.query_lr_scale} if args.query_lr_scale != 1.0 else None
-    )
+    if args.query_lr_scale is not None:
+        args.lr_scales = {QUERY_LR_PATTERN: args.query_lr_scale} if args.query_lr_scale != 1.0 else {}
+    groups = _param_groups(model, 0.0, getattr(args, "lr_scales", None))
     if args.decoder == "plain":
         groups.append({"params": list(plain.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
     for group in groups:
@@ -407,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
             "t5_init": text.initializer_factor,
             "t5_scaled_outputs": args.scaled_outputs,
             "embedding_std": config.text_embedding_init_std,
-            "query_lr_scale": args.query_lr_scale,
+            "lr_scales": getattr(args, "lr_scales", None),
             "grid_source": config.extractor_config.grid_source,
             "label_smoothing": args.label_smoothing,
             "lr": args.lr,

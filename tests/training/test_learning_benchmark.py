@@ -173,7 +173,18 @@ def test_localization_probe_on_the_synthetic_detection_row(tmp_path, monkeypatch
     monkeypatch.setenv("PIXTOK_CACHE", str(tmp_path / "cache"))
     probe = _module("localization_probe")
     result = probe.main(
-        ["--data", "synthetic", "--preset", "tiny", "--num-images", "40", "--val-size", "3"]
+        [
+            "--data",
+            "synthetic",
+            "--preset",
+            "tiny",
+            "--grid-tokens",
+            "8",
+            "--num-images",
+            "40",
+            "--val-size",
+            "3",
+        ]
         + ["--steps", "2", "--batch-size", "2", "--log-every", "2", "--decoder", "plain"]
     )
     (entry,) = result["history"]

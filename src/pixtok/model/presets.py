@@ -196,7 +196,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "relative_attention_num_buckets": 32,
             "relative_attention_max_distance": 128,
             "dropout_rate": 0.0,
-            # trained from scratch: a 0.1 init scale starts the logits near unit std, not ~sqrt(d)
+            # trained from scratch: a 0.1 init scale starts the logits near unit std, not ~sqrt(d),
+            # and keeps AdamW stable on T5's unscaled attention; the learning benchmark's coordinate
+            # rows train faster with T5's own init (1.0), text_embedding_init_std 0.051 and the
+            # queries at 0.125 of the learning rate (train.lr_scales; benchmarks/RESULTS.md)
             "initializer_factor": 0.1,
         },
         "extractor_config": {
