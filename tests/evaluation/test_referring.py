@@ -52,3 +52,25 @@ def test_bad_input_is_a_clear_error():
         evaluate_referring(box, box, [np.ones((3, 3), bool)], None)
     with pytest.raises(ValueError, match="differ in length"):
         evaluate_referring(box, np.zeros((2, 4)))
+
+
+def test_referring_task_scores_the_token_box_beside_the_head_box():
+    """The task's headline is the box head's box; the decoder's own coordinate tokens get
+    ``token_*`` scores, so a head that lags the tokens (or the reverse) shows in the metrics."""
+    from pixtok.tasks.base import Example
+    from pixtok.tasks.referring import ReferringTask
+
+    gt = np.array([10.0, 10.0, 50.0, 50.0])
+    examples = [Example(image=None, reference={"box": gt, "mask": None}) for _ in range(2)]
+    predictions = [
+        {"box": torch.tensor([60.0, 60.0, 90.0, 90.0]), "token_box": torch.tensor([10.0, 10.0, 50.0, 50.0])},
+        {"box": torch.tensor([10.0, 10.0, 50.0, 50.0]), "token_box": torch.tensor([12.0, 10.0, 50.0, 50.0])},
+    ]
+    scores = ReferringTask().score(predictions, examples)
+    assert scores["precision@0.5"] == pytest.approx(0.5)
+    assert scores["token_precision@0.5"] == pytest.approx(1.0)
+    assert scores["token_mean_box_iou"] == pytest.approx((1.0 + 38 * 40 / 1600) / 2)
+    assert "token_num_expressions" not in scores
+    # predictions without token boxes (an older processor) score the head's box only
+    plain = ReferringTask().score([{"box": p["box"]} for p in predictions], examples)
+    assert not any(key.startswith("token_") for key in plain)

@@ -120,10 +120,12 @@ def test_referring_box_from_tokens_or_head_and_mask(proc):
     )
     out = proc.post_process_referring(gen)[0]
     torch.testing.assert_close(out["box"], torch.tensor([10.0, 0.0, 50.0, 50.0]))  # clipped to h = 50
+    # the tokens' box stays beside the head's, in the same pixels
+    torch.testing.assert_close(out["token_box"], torch.tensor([20.05, 10.05, 40.05, 30.05]))
     assert out["mask"].shape == (50, 100) and out["mask"].dtype == torch.bool
     assert out["mask"][:20, :45].all() and not out["mask"][30:, :].any() and not out["mask"][:, 55:].any()
     bad = proc.post_process_referring(torch.tensor([[5, 6, EOS_ID]]), target_sizes=[(10, 10)])[0]
-    assert bad["box"].tolist() == [0, 0, 0, 0]
+    assert bad["box"].tolist() == [0, 0, 0, 0] and bad["token_box"].tolist() == [0, 0, 0, 0]
 
 
 def test_dense_caption_formats(proc):

@@ -641,34 +641,41 @@ class PixtokProcessor(ProcessorMixin):
         return results
 
     def post_process_referring(self, outputs: Any, target_sizes: Any = None) -> list[dict[str, Any]]:
-        """Referring outputs → ``[{"box": (4,) xyxy px, "mask": (H, W) bool | None}]``.
+        """Referring outputs → ``[{"box": (4,) xyxy px, "token_box": (4,) xyxy px, "mask": (H, W) bool | None}]``.
 
         The box is the box head's (``outputs.boxes``, model space) when present, else the first four
-        coordinate tokens ``ymin xmin ymax xmax``; a sequence without four coordinates gives a zero
-        box. The mask (``outputs.masks`` logits over the padded square) is cropped to the image
-        content, resized to (H, W) and thresholded at 0.
+        coordinate tokens ``ymin xmin ymax xmax``; ``token_box`` is always the tokens' box (the same
+        as ``box`` without a box head), so the two can be compared. A sequence without four
+        coordinates gives a zero token box. Boxes are clipped to the image. The mask
+        (``outputs.masks`` logits over the padded square) is cropped to the image content, resized
+        to (H, W) and thresholded at 0.
         """
         seq, _, sizes = self._unpack(outputs, target_sizes)
         sizes = self._need_sizes(sizes, len(seq))
         plain = isinstance(outputs, (torch.Tensor, np.ndarray))
         head_boxes = None if plain else _field(outputs, "boxes")
         masks = None if plain else _field(outputs, "masks")
+
+        def clipped(box: np.ndarray, h: int, w: int) -> torch.Tensor:
+            x0, x1 = np.clip(sorted(box[[0, 2]]), 0, w)
+            y0, y1 = np.clip(sorted(box[[1, 3]]), 0, h)
+            return torch.tensor([x0, y0, x1, y1], dtype=torch.float32)
+
         results = []
         for b, (row, (h, w)) in enumerate(zip(seq, sizes)):
             scale = float(max(h, w))
-            if head_boxes is not None:
-                box = torch.as_tensor(head_boxes[b]).detach().float().cpu().numpy() * scale
+            coords = [int(t) for t in row if self.vocab.is_coord(int(t))][:4]
+            if len(coords) == 4:
+                ymin, xmin, ymax, xmax = (
+                    self.vocab.dequantize(np.array(coords) - self.vocab.coord_offset) * scale
+                )
+                token_box = clipped(np.array([xmin, ymin, xmax, ymax]), h, w)
             else:
-                coords = [int(t) for t in row if self.vocab.is_coord(int(t))][:4]
-                if len(coords) == 4:
-                    ymin, xmin, ymax, xmax = (
-                        self.vocab.dequantize(np.array(coords) - self.vocab.coord_offset) * scale
-                    )
-                    box = np.array([xmin, ymin, xmax, ymax])
-                else:
-                    box = np.zeros(4)
-            x0, x1 = np.clip(sorted(box[[0, 2]]), 0, w)
-            y0, y1 = np.clip(sorted(box[[1, 3]]), 0, h)
+                token_box = torch.zeros(4)
+            if head_boxes is not None:
+                box = clipped(torch.as_tensor(head_boxes[b]).detach().float().cpu().numpy() * scale, h, w)
+            else:
+                box = token_box.clone()
             mask = None
             if masks is not None:
                 logits = torch.as_tensor(masks[b]).detach().float().cpu()
@@ -677,7 +684,7 @@ class PixtokProcessor(ProcessorMixin):
                 ch, cw = max(1, round(m * h / scale)), max(1, round(m * w / scale))
                 crop = logits[:ch, :cw][None, None]
                 mask = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0, 0] > 0
-            results.append({"box": torch.tensor([x0, y0, x1, y1], dtype=torch.float32), "mask": mask})
+            results.append({"box": box, "token_box": token_box, "mask": mask})
         return results
 
     def post_process_dense_caption(self, outputs: Any, target_sizes: Any = None) -> list[dict[str, Any]]:

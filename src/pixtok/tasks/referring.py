@@ -3,7 +3,8 @@
 The units are ``(row, expression)`` pairs. The decoder writes the box as four coordinate tokens
 and the box head regresses it from the first output step's state (the state before any coordinate
 token is read back; PixelLLM's EOS state of an empty answer); the SAM mask decoder, prompted with the
-predicted box, gives the mask. Flips are off for this task unless the augmentation swaps
+predicted box, gives the mask. The head's box is the prediction; the tokens' box is scored beside it
+(``token_precision@0.5``, ``token_mean_box_iou``). Flips are off for this task unless the augmentation swaps
 left/right words (see :mod:`pixtok.data.augment`).
 """
 
@@ -81,13 +82,21 @@ class ReferringTask(Task):
         gt_boxes = np.stack([np.asarray(e.reference["box"], dtype=np.float64) for e in examples])
         with_masks = all(e.reference["mask"] is not None for e in examples)
         if with_masks:
-            return evaluate_referring(
+            scores = evaluate_referring(
                 pred_boxes,
                 gt_boxes,
                 [p.get("mask") for p in predictions],
                 [e.reference["mask"] for e in examples],
             )
-        return evaluate_referring(pred_boxes, gt_boxes)
+        else:
+            scores = evaluate_referring(pred_boxes, gt_boxes)
+        if all("token_box" in p for p in predictions):
+            # the decoder's own coordinate tokens, scored beside the box head's regression
+            tokens = np.stack([np.asarray(p["token_box"], dtype=np.float64) for p in predictions])
+            for key, value in evaluate_referring(tokens, gt_boxes).items():
+                if key != "num_expressions":
+                    scores[f"token_{key}"] = value
+        return scores
 
 
 __all__ = ["ReferringTask"]
