@@ -154,7 +154,7 @@ def squares(rng: np.random.Generator, n: int) -> tuple[list[Image.Image], list[d
 
 
 def square_data(args: argparse.Namespace):
-    """The toy: ``tiny`` model and processor, an endless stream of one-square batches, no val set."""
+    """The toy: ``tiny`` model, an endless stream of one-square batches, no val set, no lr scales."""
     from pixtok.model.configuration_pixtok import PixtokConfig
     from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
     from pixtok.model.processing_pixtok import PixtokProcessor
@@ -187,11 +187,11 @@ def square_data(args: argparse.Namespace):
             images, targets = squares(rng, args.batch_size)
             yield dict(processor(images=images, task="detection", targets=targets, return_tensors="pt"))
 
-    return model, batches(), None
+    return model, batches(), None, {}
 
 
 def synthetic_data(args: argparse.Namespace):
-    """The learning benchmark's ``detection_no_seq_aug`` row: its model, a training loader, a val batch."""
+    """The ``detection_no_seq_aug`` row: its model, a training loader, a val batch, its lr_scales."""
     sys.path.insert(0, str(HERE))
     from run import row_config
 
@@ -215,8 +215,6 @@ def synthetic_data(args: argparse.Namespace):
     if args.num_images:
         overrides["data.synthetic.num_images"] = args.num_images
     recipe = row_config("detection_no_seq_aug", overrides)
-    if args.query_lr_scale is None:  # the row's own optimizer groups
-        args.lr_scales = recipe.train.lr_scales
     model, processor, tasks = prepare(recipe)
     data = tasks[0]
     mixture = TaskMixture([len(data.train_items)], [1.0], recipe.train.seed)
@@ -232,7 +230,7 @@ def synthetic_data(args: argparse.Namespace):
             batch.pop("_image_keys", None)
             yield batch
 
-    return model, batches(), val_batch
+    return model, batches(), val_batch, recipe.train.lr_scales
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -311,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    model, batches, val_batch = (square_data if args.data == "squares" else synthetic_data)(args)
+    # lr_scales: the row's own optimizer groups (none on squares) unless --query-lr-scale is given
+    model, batches, val_batch, lr_scales = (square_data if args.data == "squares" else synthetic_data)(args)
     device = torch.device(args.device)
     config = model.config
     text = config.text_config
@@ -338,12 +337,10 @@ def main(argv: list[str] | None = None) -> dict:
     from pixtok.training.loop import QUERY_LR_PATTERN, _param_groups
 
     if args.query_lr_scale is not None:
-        args.lr_scales = {QUERY_LR_PATTERN: args.query_lr_scale} if args.query_lr_scale != 1.0 else {}
-    groups = _param_groups(model, 0.0, getattr(args, "lr_scales", None))
+        lr_scales = {QUERY_LR_PATTERN: args.query_lr_scale} if args.query_lr_scale != 1.0 else {}
+    groups = _param_groups(model, args.lr, 0.0, lr_scales)
     if args.decoder == "plain":
-        groups.append({"params": list(plain.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
-    for group in groups:
-        group["lr"] = args.lr * group["lr_scale"]
+        groups.append({"params": list(plain.parameters()), "lr": args.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup)))
     vocab = config.vocab
@@ -417,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
             "t5_init": text.initializer_factor,
             "t5_scaled_outputs": args.scaled_outputs,
             "embedding_std": config.text_embedding_init_std,
-            "lr_scales": getattr(args, "lr_scales", None),
+            "lr_scales": lr_scales,
             "grid_source": config.extractor_config.grid_source,
             "label_smoothing": args.label_smoothing,
             "lr": args.lr,

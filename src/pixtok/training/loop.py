@@ -131,10 +131,14 @@ QUERY_LR_PATTERN = r"(SelfAttention|EncDecAttention)\.q\."
 
 
 def _param_groups(
-    model: torch.nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None
+    model: torch.nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    lr_scales: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only; ``lr_scales`` (regex on the parameter name ->
-    factor, first match wins) multiplies a group's learning rate, and so its decoupled decay."""
+    factor, first match wins) multiplies a group's learning rate, and so its decoupled decay. Each
+    group keeps its factor as ``lr_scale``."""
     rules = [(re.compile(pattern), float(factor)) for pattern, factor in (lr_scales or {}).items()]
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
     matched = {pattern.pattern: 0 for pattern, _ in rules}
@@ -154,7 +158,12 @@ def _param_groups(
     if unused:
         raise ValueError(f"train.lr_scales patterns match no trainable parameter: {unused}")
     return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        {
+            "params": params,
+            "lr": learning_rate * scale,
+            "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": scale,
+        }
         for (scale, decay), params in sorted(
             groups.items(), key=lambda item: (item[0][0] != 1.0, item[0][0], not item[0][1])
         )
@@ -262,9 +271,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     full_copy = copy.deepcopy(model).cpu() if sharded and accelerator.is_main_process else None
     if sharded:
         _merge_tied_embeddings(model)
-    groups = _param_groups(model, cfg.weight_decay, cfg.lr_scales)
-    for group in groups:
-        group["lr"] = cfg.learning_rate * group["lr_scale"]
+    groups = _param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.lr_scales)
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas))
     scheduler = _cosine_schedule(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
