@@ -9,10 +9,12 @@ steps (forward, backward, AdamW with the row's parameter groups, bf16 autocast) 
   host overhead; ``wall / gpu`` near 1 means GPU-bound, well above 1 host-bound;
 * ``launches``: CUDA kernels per step; ``syncs``: host-device synchronisations per step
   (``torch.cuda.set_sync_debug_mode``), each of which stops the host from queueing ahead;
-* the same with ``torch.compile`` on the model (``--compile``), whose time to compile is reported;
+* the same compiled (``--compile blocks``: every repeated block in place, as ``train.compile``
+  does; ``--compile full``: ``torch.compile(model)``; both: ``--compile blocks full``), with the
+  first step's time (the compile) reported;
 * ``TFLOP/s``: the step's FLOPs (``torch.utils.flop_counter``) over ``wall_ms``.
 
-    PYTHONPATH=src python3 benchmarks/learning/step_profile.py detection [--compile] [--steps 20]
+    PYTHONPATH=src python3 benchmarks/learning/step_profile.py detection [--compile blocks] [--steps 20]
     PYTHONPATH=src python3 benchmarks/learning/step_profile.py detection --device cpu \
         --set model.preset=tiny --set train.batch_size=4 --steps 2        # smoke
 
@@ -35,7 +37,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from run import row_config, rows  # noqa: E402
-from timing import RESULTS_DIR, command_line, device_description, kernel_times, median, write_result  # noqa: E402
+
+from timing import RESULTS_DIR, command_line, device_description, kernel_times, write_result  # noqa: E402
 
 
 def batches(recipe: Any, count: int, device: torch.device) -> tuple[Any, list[dict[str, torch.Tensor]], Any]:
@@ -70,18 +73,33 @@ def make_step(model: Any, optimizer: torch.optim.Optimizer, device: torch.device
     return step
 
 
-def count_syncs(fn) -> int:
-    """Host-device synchronisations during ``fn()`` (CUDA only; each is one warning)."""
-    if not torch.cuda.is_available():
-        return -1
+def find_syncs(fn) -> dict[str, int]:
+    """Host-device synchronisations during ``fn()`` by the source line that caused them (CUDA only):
+    ``{"file:line": count}``, the innermost frame outside torch."""
+    import traceback
+    from collections import Counter
+
+    places: Counter[str] = Counter()
+    original = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return original(message, category, filename, lineno, file, line)
+        frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename]
+        where = frames[-1] if frames else None
+        places[f"{Path(where.filename).name}:{where.lineno} {where.line}" if where else "?"] += 1
+
     torch.cuda.set_sync_debug_mode("warn")
+    warnings.showwarning = record
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = record
             fn()
     finally:
+        warnings.showwarning = original
         torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return dict(places.most_common())
 
 
 def profile_variant(name: str, model: Any, recipe: Any, data: list, device: torch.device, steps: int) -> dict:
@@ -114,11 +132,18 @@ def profile_variant(name: str, model: Any, recipe: Any, data: list, device: torc
             gpu_ms=round(gpu_ms, 2),
             wall_over_gpu=round(wall_ms / gpu_ms, 2),
             launches=sum(n for _, _, n in kernels),
-            syncs=count_syncs(lambda: step(data[1 % len(data)])),
+            sync_sources=find_syncs(lambda: step(data[1 % len(data)])),
             peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
             top_kernels=[[k, round(ms, 2), n] for k, ms, n in kernels[:15]],
         )
-    print(f"[{name}] " + ", ".join(f"{k} {v}" for k, v in result.items() if k != "top_kernels"), flush=True)
+        result["syncs"] = sum(result["sync_sources"].values())
+    print(
+        f"[{name}] "
+        + ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("top_kernels", "sync_sources")),
+        flush=True,
+    )
+    for where, n in result.get("sync_sources", {}).items():
+        print(f"    sync {n}x  {where}")
     for k, ms, n in result.get("top_kernels", []):
         print(f"    {ms:8.2f} ms {n:5d}x  {k}")
     return result
@@ -138,7 +163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("row", choices=rows())
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile(model)")
+    parser.add_argument(
+        "--compile",
+        nargs="*",
+        default=[],
+        choices=["blocks", "full"],
+        help="also time the model compiled: repeated blocks in place, or whole",
+    )
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(RESULTS_DIR))
@@ -155,16 +187,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batch_size = recipe.train.batch_size
     flops = step_flops(model, data[0], device)
     variants = {"eager": profile_variant("eager", model, recipe, data, device, args.steps)}
-    if args.compile:
-        compiled = torch.compile(model)
-        variants["compiled"] = profile_variant("compiled", compiled, recipe, data, device, args.steps)
+    for how in args.compile:
+        if how == "full":
+            compiled = torch.compile(model, backend=args.backend)
+        else:
+            from pixtok.training.compilation import compile_repeated_blocks
+
+            compiled = model
+            compile_repeated_blocks(model, backend=args.backend)
+        variants[how] = profile_variant(how, compiled, recipe, data, device, args.steps)
     metrics: dict[str, Any] = {"batch_size": batch_size, "step_tflop": round(flops / 1e12, 3)}
     for name, r in variants.items():
         metrics[f"{name}_ms_per_step"] = r["wall_ms"]
         metrics[f"{name}_samples_per_s"] = round(batch_size / r["wall_ms"] * 1e3, 1)
         metrics[f"{name}_tflop_per_s"] = round(flops / (r["wall_ms"] * 1e-3) / 1e12, 1)
-    if "compiled" in variants:
-        metrics["compiled_speedup"] = round(variants["eager"]["wall_ms"] / variants["compiled"]["wall_ms"], 2)
+    for how in args.compile:
+        metrics[f"{how}_speedup"] = round(variants["eager"]["wall_ms"] / variants[how]["wall_ms"], 2)
     print({k: v for k, v in metrics.items()}, flush=True)
     return write_result(
         Path(args.out) / f"step_profile_{args.row}.json",

@@ -113,6 +113,10 @@ class TrainSection:
             epochs and tasks (needs frozen towers and ``augment: false``; see
             :mod:`pixtok.training.feature_cache`).
         cache_max_images: how many images' features the cache keeps in host memory.
+        compile: ``true`` compiles every repeated block of the model (T5 blocks, tower layers) in
+            place with ``torch.compile`` before training (:mod:`pixtok.training.compilation`;
+            evaluation runs eagerly); a string names the ``torch.compile`` backend instead of
+            inductor (``aot_eager`` checks the traced graphs without code generation).
         time_limit_minutes: stop training after this many minutes of steps even if ``max_steps``
             is not reached, then evaluate and save as usual (a guard for fixed-time benchmarks;
             the learning-rate schedule still spans ``max_steps``, so set both). ``None``: no limit.
@@ -142,6 +146,7 @@ class TrainSection:
     gradient_checkpointing: bool = False
     cache_features: bool = False
     cache_max_images: int = 100_000
+    compile: bool | str = False
     time_limit_minutes: float | None = None
 
 
@@ -179,7 +184,12 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
         kind = str(known[name].type).removesuffix(" | None")  # annotations are strings here
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
-        if isinstance(default, bool) and not isinstance(value, bool):
+        if name == "compile":
+            if not isinstance(value, (bool, str)) or value == "":
+                raise ConfigError(
+                    f"{where}.{name}: expected true/false or a torch.compile backend, got {value!r}"
+                )
+        elif isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}.{name}: expected true/false, got {value!r}")
         if kind in ("int", "float") and value is not None:
             if isinstance(value, str):  # YAML 1.1 reads `2e-3` (no dot) as a string

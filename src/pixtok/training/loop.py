@@ -13,6 +13,8 @@ What it guarantees:
   the counter, RNG states are in the checkpoint);
 * a non-finite loss skips its optimizer step on every process and is counted, never trained on;
 * evaluation with each task's metric every ``eval_every`` steps and at the end;
+* ``train.compile``: the model's repeated blocks compiled in place for the training steps
+  (:mod:`pixtok.training.compilation`), evaluation eager;
 * TensorBoard logging through accelerate's trackers; a progress bar on the main process.
 
 With several processes (``accelerate launch``, ``recipes/accelerate/ddp.yaml`` / ``fsdp.yaml``):
@@ -50,6 +52,7 @@ from accelerate import Accelerator
 
 from ..tasks.base import Example, Task
 from .checkpoint import read_state, resolve_checkpoint, save_checkpoint
+from .compilation import compile_repeated_blocks, eager
 from .config import ConfigError, RecipeConfig
 from .feature_cache import FeatureCache, check_cacheable
 from .sampling import SampleStream, TaskMixture, sample_rng
@@ -271,6 +274,10 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     full_copy = copy.deepcopy(model).cpu() if sharded and accelerator.is_main_process else None
     if sharded:
         _merge_tied_embeddings(model)
+    if cfg.compile:
+        backend = cfg.compile if isinstance(cfg.compile, str) else "inductor"
+        compiled = compile_repeated_blocks(model, backend=backend)
+        accelerator.print(f"compiled {compiled} repeated blocks in place (torch.compile, backend {backend})")
     groups = _param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.lr_scales)
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas))
     scheduler = _cosine_schedule(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
@@ -317,7 +324,11 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         return full_copy.to(accelerator.device)
 
     def run_evaluation(target: Any) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-        with accelerator.autocast() if sharded else contextlib.nullcontext():  # DDP: the forward is wrapped
+        # compiled blocks run eagerly here: the decode loop's shapes change every step
+        with (
+            accelerator.autocast() if sharded else contextlib.nullcontext(),
+            eager(),
+        ):  # DDP: the forward is wrapped
             return evaluate(target, processor, tasks, recipe.data.num_val, cfg.batch_size, cfg.max_new_tokens)
 
     model.train()

@@ -1,0 +1,75 @@
+"""Regional ``torch.compile`` for training: every repeated block compiled in place.
+
+The training step of a pixtok model is a few hundred small matrix products and thousands of
+element-wise kernels (norms, casts, activations, residuals, attention biases); compiled, a block's
+element-wise work becomes a handful of fused kernels. Compiling each *repeated block* (the children
+of a ``ModuleList`` that are all of one class: T5 blocks, SAM and EVA02 layers, the extractor's
+layers) rather than the whole model keeps the compile time to one compile per block kind, as
+PyTorch's regional-compilation recipe and accelerate's ``compile_regions`` do. Unlike
+``compile_regions`` it compiles in place (``nn.Module.compile``), so parameter names, checkpoints,
+``save_pretrained`` and the optimizer's parameter groups are unchanged.
+
+Use :func:`eager` around code that should not run compiled (evaluation's decode loop, whose shapes
+change every step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The children of every ``ModuleList`` of ≥ 2 modules that are all of one class and have
+    submodules of their own (layers, not a list of ``Linear``), outermost first (a block inside a
+    block already listed is not listed again)."""
+    found: list[torch.nn.Module] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside or not isinstance(module, torch.nn.ModuleList) or len(module) < 2:
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1 or not any(True for _ in module[0].children()):
+            continue
+        for child in module:
+            found.append(child)
+            inside.update(id(m) for m in child.modules())
+    return found
+
+
+def compile_repeated_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> int:
+    """``torch.compile`` every repeated block of ``model`` in place; returns how many were compiled.
+
+    Blocks of one class share their compiled code (one compile per distinct graph: e.g. T5's first
+    layer, which owns the relative-position bias, and the rest). The dynamo cache is widened so that
+    every block kind keeps its compiled code across the batches' varying sequence lengths.
+    """
+    blocks = repeated_blocks(model)
+    if not blocks:
+        return 0
+    limit = 8 * len({type(b) for b in blocks})
+    config = torch._dynamo.config
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), limit))
+    for block in blocks:
+        block.compile(**compile_kwargs)
+    return len(blocks)
+
+
+@contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Run compiled modules eagerly inside this block (``torch.compiler.set_stance``; a no-op on
+    torch versions without it)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        yield
+        return
+    with set_stance("force_eager"):
+        yield
+
+
+__all__ = ["compile_repeated_blocks", "eager", "repeated_blocks"]
