@@ -59,6 +59,26 @@ def batches(recipe: Any, count: int, device: torch.device) -> tuple[Any, list[di
     return model.to(device), out, recipe
 
 
+def loader_rate(recipe: Any, batches: int = 60) -> float:
+    """Micro-batches per second the loop's own data loader delivers (``train.num_workers`` worker
+    processes building batches as :func:`pixtok.training.loop.train` does), after 10 warm-up ones."""
+    from pixtok.training.loop import BatchMaker
+    from pixtok.training.recipe import prepare
+    from pixtok.training.sampling import SampleStream, TaskMixture
+
+    _, processor, tasks = prepare(recipe)
+    mixture = TaskMixture([len(t.train_items) for t in tasks], [t.weight for t in tasks], recipe.train.seed)
+    stream = SampleStream(BatchMaker(tasks, processor, mixture), recipe.train.batch_size)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=recipe.train.num_workers)
+    it = iter(loader)
+    for _ in range(10):
+        next(it)
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches / (time.perf_counter() - started)
+
+
 def make_step(model: Any, optimizer: torch.optim.Optimizer, device: torch.device, max_grad_norm: float):
     def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -85,7 +105,11 @@ def find_syncs(fn) -> dict[str, int]:
     def record(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" not in str(message):
             return original(message, category, filename, lineno, file, line)
-        frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename]
+        frames = [
+            f
+            for f in traceback.extract_stack()[:-1]
+            if "/torch/" not in f.filename and Path(f.filename).name != "warnings.py"
+        ]
         where = frames[-1] if frames else None
         places[f"{Path(where.filename).name}:{where.lineno} {where.line}" if where else "?"] += 1
 
@@ -102,7 +126,34 @@ def find_syncs(fn) -> dict[str, int]:
     return dict(places.most_common())
 
 
-def profile_variant(name: str, model: Any, recipe: Any, data: list, device: torch.device, steps: int) -> dict:
+def write_trace(fn, path: Path) -> str:
+    """One call of ``fn`` under torch.profiler (CPU + CUDA): a gzipped Chrome trace at ``path`` and
+    the table of the ops that took the most host time."""
+    import gzip
+    import shutil
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    raw = path.with_suffix("")
+    prof.export_chrome_trace(str(raw))
+    with open(raw, "rb") as src, gzip.open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
+
+
+def profile_variant(
+    name: str,
+    model: Any,
+    recipe: Any,
+    data: list,
+    device: torch.device,
+    steps: int,
+    trace_dir: Path | None = None,
+) -> dict:
     from pixtok.training.loop import _param_groups
 
     cfg = recipe.train
@@ -137,6 +188,9 @@ def profile_variant(name: str, model: Any, recipe: Any, data: list, device: torc
             top_kernels=[[k, round(ms, 2), n] for k, ms, n in kernels[:15]],
         )
         result["syncs"] = sum(result["sync_sources"].values())
+        if trace_dir is not None:
+            table = write_trace(lambda: step(data[2 % len(data)]), trace_dir / f"trace_{name}.json.gz")
+            print(f"[{name}] host time by op:\n{table}", flush=True)
     print(
         f"[{name}] "
         + ", ".join(f"{k} {v}" for k, v in result.items() if k not in ("top_kernels", "sync_sources")),
@@ -174,6 +228,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(RESULTS_DIR))
+    parser.add_argument("--loader", action="store_true", help="also time the loop's data loader alone")
+    parser.add_argument(
+        "--trace", action="store_true", help="write a Chrome trace of one step per variant to --out"
+    )
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"data.num_val": 8}
     for item in args.set:
@@ -186,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model.train()
     batch_size = recipe.train.batch_size
     flops = step_flops(model, data[0], device)
-    variants = {"eager": profile_variant("eager", model, recipe, data, device, args.steps)}
+    trace_dir = Path(args.out) if args.trace else None
+    variants = {"eager": profile_variant("eager", model, recipe, data, device, args.steps, trace_dir)}
     for how in args.compile:
         if how == "full":
             compiled = torch.compile(model, backend=args.backend)
@@ -195,12 +254,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             compiled = model
             compile_repeated_blocks(model, backend=args.backend)
-        variants[how] = profile_variant(how, compiled, recipe, data, device, args.steps)
+        variants[how] = profile_variant(how, compiled, recipe, data, device, args.steps, trace_dir)
     metrics: dict[str, Any] = {"batch_size": batch_size, "step_tflop": round(flops / 1e12, 3)}
     for name, r in variants.items():
         metrics[f"{name}_ms_per_step"] = r["wall_ms"]
         metrics[f"{name}_samples_per_s"] = round(batch_size / r["wall_ms"] * 1e3, 1)
         metrics[f"{name}_tflop_per_s"] = round(flops / (r["wall_ms"] * 1e-3) / 1e12, 1)
+    if args.loader:
+        metrics["loader_batches_per_s"] = round(loader_rate(recipe), 2)
+        metrics["loader_workers"] = recipe.train.num_workers
     for how in args.compile:
         metrics[f"{how}_speedup"] = round(variants["eager"]["wall_ms"] / variants[how]["wall_ms"], 2)
     print({k: v for k, v in metrics.items()}, flush=True)
