@@ -12,7 +12,13 @@ import torch
 
 from pixtok.model.configuration_pixtok import PixtokConfig
 from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
-from pixtok.training.compilation import compile_repeated_blocks, eager, repeated_blocks
+from pixtok.training.compilation import (
+    compile_options,
+    compile_repeated_blocks,
+    eager,
+    repeated_blocks,
+    step_begin,
+)
 from pixtok.training.config import ConfigError, load_config
 
 from .test_recipes import _args, main
@@ -79,6 +85,23 @@ def test_compile_option_must_be_a_switch_or_a_backend(value):
         load_config(None, {"train.compile": value})
     assert load_config(None, {"train.compile": "aot_eager"}).train.compile == "aot_eager"
     assert load_config(None, {"train.compile": True}).train.compile is True
+
+
+def test_compile_value_is_a_mode_or_a_backend():
+    assert compile_options(True) == {}
+    assert compile_options("reduce-overhead") == {"mode": "reduce-overhead"}
+    assert compile_options("aot_eager") == {"backend": "aot_eager"}
+    with pytest.raises(ValueError):
+        compile_options("")
+    calls = []
+    original = torch.compiler.cudagraph_mark_step_begin
+    torch.compiler.cudagraph_mark_step_begin = lambda: calls.append(1)
+    try:
+        step_begin({"mode": "reduce-overhead"})
+        step_begin({"backend": "aot_eager"})
+    finally:
+        torch.compiler.cudagraph_mark_step_begin = original
+    assert calls == [1]  # only CUDA-graph trees need the step marked
 
 
 def test_recipe_trains_and_evaluates_with_compiled_blocks(tmp_path, capsys):

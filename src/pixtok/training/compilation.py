@@ -9,6 +9,11 @@ PyTorch's regional-compilation recipe and accelerate's ``compile_regions`` do. U
 ``compile_regions`` it compiles in place (``nn.Module.compile``), so parameter names, checkpoints,
 ``save_pretrained`` and the optimizer's parameter groups are unchanged.
 
+With ``mode="reduce-overhead"`` each compiled block's forward and backward are also CUDA graphs:
+the step is then launched as a few dozen graph replays instead of thousands of kernels, which is
+what a small model's step needs (it is host-bound otherwise). Call :func:`step_begin` at the start
+of every micro-batch so that the graphs' output memory can be reused.
+
 Use :func:`eager` around code that should not run compiled (evaluation's decode loop, whose shapes
 change every step).
 """
@@ -20,6 +25,25 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes; any other string given to :func:`compile_options` is a backend."""
+
+
+def compile_options(value: bool | str) -> dict[str, str]:
+    """``torch.compile`` keyword arguments for ``train.compile``: ``True`` → inductor's default mode,
+    a mode name (:data:`MODES`) → that mode, any other string → that backend (``aot_eager``, …)."""
+    if value is True:
+        return {}
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected true, a torch.compile mode or a backend name, got {value!r}")
+    return {"mode": value} if value in MODES else {"backend": value}
+
+
+def step_begin(options: dict[str, str]) -> None:
+    """Mark a new training step for CUDA-graph trees (``reduce-overhead``); a no-op otherwise."""
+    if options.get("mode") == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -72,4 +96,4 @@ def eager() -> Iterator[None]:
         yield
 
 
-__all__ = ["compile_repeated_blocks", "eager", "repeated_blocks"]
+__all__ = ["MODES", "compile_options", "compile_repeated_blocks", "eager", "repeated_blocks", "step_begin"]

@@ -115,8 +115,9 @@ class TrainSection:
         cache_max_images: how many images' features the cache keeps in host memory.
         compile: ``true`` compiles every repeated block of the model (T5 blocks, tower layers) in
             place with ``torch.compile`` before training (:mod:`pixtok.training.compilation`;
-            evaluation runs eagerly); a string names the ``torch.compile`` backend instead of
-            inductor (``aot_eager`` checks the traced graphs without code generation).
+            evaluation runs eagerly); a string is a ``torch.compile`` mode (``reduce-overhead``:
+            also CUDA graphs, for small models whose step is host-bound; single process) or else a
+            backend (``aot_eager`` checks the traced graphs without code generation).
         time_limit_minutes: stop training after this many minutes of steps even if ``max_steps``
             is not reached, then evaluate and save as usual (a guard for fixed-time benchmarks;
             the learning-rate schedule still spans ``max_steps``, so set both). ``None``: no limit.

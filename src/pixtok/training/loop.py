@@ -52,7 +52,7 @@ from accelerate import Accelerator
 
 from ..tasks.base import Example, Task
 from .checkpoint import read_state, resolve_checkpoint, save_checkpoint
-from .compilation import compile_repeated_blocks, eager
+from .compilation import compile_options, compile_repeated_blocks, eager, step_begin
 from .config import ConfigError, RecipeConfig
 from .feature_cache import FeatureCache, check_cacheable
 from .sampling import SampleStream, TaskMixture, sample_rng
@@ -274,10 +274,11 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     full_copy = copy.deepcopy(model).cpu() if sharded and accelerator.is_main_process else None
     if sharded:
         _merge_tied_embeddings(model)
+    compiling = compile_options(cfg.compile) if cfg.compile else {}
     if cfg.compile:
-        backend = cfg.compile if isinstance(cfg.compile, str) else "inductor"
-        compiled = compile_repeated_blocks(model, backend=backend)
-        accelerator.print(f"compiled {compiled} repeated blocks in place (torch.compile, backend {backend})")
+        compiled = compile_repeated_blocks(model, **compiling)
+        how = ", ".join(f"{k} {v}" for k, v in compiling.items()) or "inductor"
+        accelerator.print(f"compiled {compiled} repeated blocks in place (torch.compile: {how})")
     groups = _param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.lr_scales)
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas))
     scheduler = _cosine_schedule(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
@@ -301,6 +302,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         stream,
         batch_size=None,
         num_workers=cfg.num_workers,
+        pin_memory=accelerator.device.type == "cuda",  # page-locked batches: asynchronous copies
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
@@ -342,10 +344,14 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     history: list[dict[str, Any]] = []
     for task_index, batch in loader:
         keys = batch.pop("_image_keys", None)
-        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = {
+            k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
         if cache is not None:
             batch = cache.apply(batch, keys)
         with accelerator.accumulate(model):
+            step_begin(compiling)
             out = model(**batch)
             loss = out.loss
             finite = (
