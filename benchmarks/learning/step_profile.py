@@ -42,7 +42,8 @@ from timing import RESULTS_DIR, command_line, device_description, kernel_times, 
 
 
 def batches(recipe: Any, count: int, device: torch.device) -> tuple[Any, list[dict[str, torch.Tensor]], Any]:
-    """The row's model and ``count`` real training micro-batches of ``train.batch_size``, on ``device``."""
+    """The row's model, ``count`` real training micro-batches of ``train.batch_size`` on ``device``,
+    and the loop's :class:`~pixtok.training.loop.BatchMaker` that made them."""
     from pixtok.training.loop import BatchMaker
     from pixtok.training.recipe import prepare
     from pixtok.training.sampling import TaskMixture
@@ -56,20 +57,17 @@ def batches(recipe: Any, count: int, device: torch.device) -> tuple[Any, list[di
         _, batch = maker(m, list(range(m * size, (m + 1) * size)))
         batch.pop("_image_keys", None)
         out.append({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-    return model.to(device), out, recipe
+    return model.to(device), out, maker
 
 
-def loader_rate(recipe: Any, batches: int = 60) -> float:
-    """Micro-batches per second the loop's own data loader delivers (``train.num_workers`` worker
-    processes building batches as :func:`pixtok.training.loop.train` does), after 10 warm-up ones."""
-    from pixtok.training.loop import BatchMaker
-    from pixtok.training.recipe import prepare
-    from pixtok.training.sampling import SampleStream, TaskMixture
+def loader_rate(maker: Any, batch_size: int, num_workers: int, batches: int = 60) -> float:
+    """Micro-batches per second the loop's own data loader delivers (``num_workers`` worker
+    processes running ``maker`` as :func:`pixtok.training.loop.train` does), after 10 warm-up ones."""
+    from pixtok.training.sampling import SampleStream
 
-    _, processor, tasks = prepare(recipe)
-    mixture = TaskMixture([len(t.train_items) for t in tasks], [t.weight for t in tasks], recipe.train.seed)
-    stream = SampleStream(BatchMaker(tasks, processor, mixture), recipe.train.batch_size)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=recipe.train.num_workers)
+    loader = torch.utils.data.DataLoader(
+        SampleStream(maker, batch_size), batch_size=None, num_workers=num_workers
+    )
     it = iter(loader)
     for _ in range(10):
         next(it)
@@ -79,9 +77,17 @@ def loader_rate(recipe: Any, batches: int = 60) -> float:
     return batches / (time.perf_counter() - started)
 
 
-def make_step(model: Any, optimizer: torch.optim.Optimizer, device: torch.device, max_grad_norm: float):
+def make_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    max_grad_norm: float,
+    compiling: dict[str, str],
+):
+    from pixtok.training.compilation import step_begin
+
     def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        torch.compiler.cudagraph_mark_step_begin()  # a new training step for CUDA-graph trees
+        step_begin(compiling)  # as the loop: a new step for CUDA-graph trees
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = model(**batch).loss
         loss.backward()
@@ -154,13 +160,14 @@ def profile_variant(
     device: torch.device,
     steps: int,
     trace_dir: Path | None = None,
+    compiling: dict[str, str] | None = None,
 ) -> dict:
     from pixtok.training.loop import _param_groups
 
     cfg = recipe.train
     groups = _param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.lr_scales)
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas))
-    step = make_step(model, optimizer, device, cfg.max_grad_norm)
+    step = make_step(model, optimizer, device, cfg.max_grad_norm, compiling or {})
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     started = time.perf_counter()
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    model, data, recipe = batches(row_config(args.row, overrides), 3, device)
+    recipe = row_config(args.row, overrides)
+    model, data, maker = batches(recipe, 3, device)
     model.train()
     batch_size = recipe.train.batch_size
     flops = step_flops(model, data[0], device)
@@ -251,22 +259,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.skip_eager:
         variants["eager"] = profile_variant("eager", model, recipe, data, device, args.steps, trace_dir)
     for how in args.compile:
+        compiling = {"backend": args.backend}
+        if how == "blocks-ro":
+            compiling["mode"] = "reduce-overhead"
         if how == "full":
-            compiled = torch.compile(model, backend=args.backend)
+            compiled = torch.compile(model, **compiling)
         else:
             from pixtok.training.compilation import compile_repeated_blocks
 
             compiled = model
-            mode = "reduce-overhead" if how == "blocks-ro" else None
-            compile_repeated_blocks(model, backend=args.backend, mode=mode)
-        variants[how] = profile_variant(how, compiled, recipe, data, device, args.steps, trace_dir)
+            compile_repeated_blocks(model, **compiling)
+        variants[how] = profile_variant(how, compiled, recipe, data, device, args.steps, trace_dir, compiling)
     metrics: dict[str, Any] = {"batch_size": batch_size, "step_tflop": round(flops / 1e12, 3)}
     for name, r in variants.items():
         metrics[f"{name}_ms_per_step"] = r["wall_ms"]
         metrics[f"{name}_samples_per_s"] = round(batch_size / r["wall_ms"] * 1e3, 1)
         metrics[f"{name}_tflop_per_s"] = round(flops / (r["wall_ms"] * 1e-3) / 1e12, 1)
     if args.loader:
-        metrics["loader_batches_per_s"] = round(loader_rate(recipe), 2)
+        metrics["loader_batches_per_s"] = round(loader_rate(maker, batch_size, recipe.train.num_workers), 2)
         metrics["loader_workers"] = recipe.train.num_workers
     for how in args.compile if "eager" in variants else []:
         metrics[f"{how}_speedup"] = round(variants["eager"]["wall_ms"] / variants[how]["wall_ms"], 2)

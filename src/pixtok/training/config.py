@@ -186,10 +186,13 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
         if name == "compile":
-            if not isinstance(value, (bool, str)) or value == "":
-                raise ConfigError(
-                    f"{where}.{name}: expected true/false or a torch.compile backend, got {value!r}"
-                )
+            if value is not False:
+                from .compilation import compile_options  # the rule the loop applies
+
+                try:
+                    compile_options(value)
+                except ValueError as err:
+                    raise ConfigError(f"{where}.{name}: {err}") from None
         elif isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}.{name}: expected true/false, got {value!r}")
         if kind in ("int", "float") and value is not None:

@@ -274,12 +274,15 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     full_copy = copy.deepcopy(model).cpu() if sharded and accelerator.is_main_process else None
     if sharded:
         _merge_tied_embeddings(model)
-    compiling = compile_options(cfg.compile) if cfg.compile else {}
-    if compiling.get("mode") == "reduce-overhead" and accelerator.num_processes > 1:
-        # CUDA-graph trees are tried here on one process only: several processes compile without them
-        accelerator.print("train.compile: reduce-overhead runs on one process; compiling without CUDA graphs")
-        compiling = {}
+    compiling: dict[str, str] = {}
     if cfg.compile:
+        compiling = compile_options(cfg.compile)
+        if compiling.get("mode") == "reduce-overhead" and accelerator.num_processes > 1:
+            # CUDA-graph trees are tried here on one process only: several processes compile without them
+            accelerator.print(
+                "train.compile: reduce-overhead runs on one process; compiling without CUDA graphs"
+            )
+            compiling = {}
         compiled = compile_repeated_blocks(model, **compiling)
         how = ", ".join(f"{k} {v}" for k, v in compiling.items()) or "inductor"
         accelerator.print(f"compiled {compiled} repeated blocks in place (torch.compile: {how})")
