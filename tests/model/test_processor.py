@@ -317,3 +317,35 @@ def test_messy_targets_of_every_task_never_crash_and_stay_well_formed(proc):
             assert len(real) == 5 and 0 <= batch["box_targets"][0].min() <= batch["box_targets"][0].max() <= 1
 
     check()
+
+
+# --- padding to a multiple (train.pad_to_multiple_of) -------------------------------------------
+def test_pad_to_multiple_of_rounds_lengths_up_and_leaves_the_loss_unchanged(proc):
+    """Every sequence dimension lands on a multiple of 8; the extra positions are masked text and
+    ignored labels, so a model's loss (referring: LM, box and mask terms) does not move."""
+    from pixtok.model.configuration_pixtok import PixtokConfig
+    from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = PixtokForConditionalGeneration(PixtokConfig.from_preset("tiny")).eval()
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 5:40] = True
+    kwargs = dict(
+        images=[image(64, 48), image(64, 48, (10, 200, 30))],
+        task="referring",
+        text=["the red square", "the small green circle left of the blue star"],
+        targets=[{"box": [5, 10, 40, 30], "mask": mask}, {"box": [0, 0, 20, 20], "mask": mask}],
+    )
+    plain = proc(**kwargs)
+    padded = proc(**kwargs, pad_to_multiple_of=8)
+    for key in ("input_ids", "labels"):
+        n = padded[key].shape[1]
+        assert n % 8 == 0 and n > plain[key].shape[1], key
+    assert (padded["labels"][:, plain["labels"].shape[1] :] == IGNORE_INDEX).all()
+    assert not padded["attention_mask"][:, plain["input_ids"].shape[1] :].any()
+    with torch.no_grad():
+        a, b = model(**plain), model(**padded)
+    for name in ("loss", "lm_loss", "box_loss", "mask_loss"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        proc(**kwargs, pad_to_multiple_of=0)

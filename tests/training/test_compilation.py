@@ -104,8 +104,26 @@ def test_compile_value_is_a_mode_or_a_backend():
     assert calls == [1]  # only CUDA-graph trees need the step marked
 
 
+@pytest.mark.parametrize("value", [0, -8, 2.5, "8x"])
+def test_pad_to_multiple_of_must_be_a_positive_integer(value):
+    with pytest.raises(ConfigError, match="train.pad_to_multiple_of"):
+        load_config(None, {"train.pad_to_multiple_of": value})
+    assert load_config(None, {"train.pad_to_multiple_of": 8}).train.pad_to_multiple_of == 8
+
+
 def test_recipe_trains_and_evaluates_with_compiled_blocks(tmp_path, capsys):
     cache = str(tmp_path / "cache")
-    result = main(_args("coco_detection", tmp_path / "run", cache, 2, "--set", "train.compile=aot_eager"))
+    result = main(
+        _args(
+            "coco_detection",
+            tmp_path / "run",
+            cache,
+            2,
+            "--set",
+            "train.compile=aot_eager",
+            "--set",
+            "train.pad_to_multiple_of=8",
+        )
+    )
     assert result["step"] == 2 and "AP" in result["val"]["detection"]
     assert "compiled" in capsys.readouterr().out

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pixtok.tasks.base import Example, Task
-from pixtok.training.checkpoint import list_checkpoints
+from pixtok.training.checkpoint import list_checkpoints, read_state
 from pixtok.training.config import ConfigError, load_config
 from pixtok.training.loop import TaskData, train
 
@@ -99,10 +99,13 @@ class LineTask(Task):
         }
 
 
-def _run(tmp_path, name, max_steps, resume=None, nan_at=None, save_every=3, crash_at=None, lr_scales=None):
+def _run(
+    tmp_path, name, max_steps, resume=None, nan_at=None, save_every=3, crash_at=None, lr_scales=None, **extra
+):
     recipe = load_config(
         None,
         {
+            **extra,
             "train.lr_scales": lr_scales or {},
             "train.max_steps": max_steps,
             "train.batch_size": 4,
@@ -128,12 +131,33 @@ def test_resume_continues_exactly(tmp_path):
         _run(tmp_path, "half", 8, save_every=2, crash_at=6)
     half_dir = tmp_path / "half"
     assert [p.name for p in list_checkpoints(half_dir)] == ["checkpoint-2", "checkpoint-4"]
+    first = read_state(half_dir / "checkpoints" / "checkpoint-4")
     resumed, result = _run(tmp_path, "half", 8, resume=str(half_dir), save_every=2)
     assert result["step"] == 8
     for name, p in full.state_dict().items():
         assert torch.equal(p, resumed.state_dict()[name]), name
     # and the run really moved the weights
     assert float(full.a.detach()) != 0.0
+    # the history goes on from the checkpoint's: every step once, the first segment's losses kept
+    assert [h["step"] for h in result["history"]] == list(range(1, 9))
+    assert result["history"][:4] == first["history"]
+    assert result["train_seconds"] >= first["train_seconds"] > 0
+
+
+def test_time_limit_counts_the_resumed_runs_earlier_training(tmp_path):
+    """A checkpoint that has already used the time limit stops the resumed run at its first check
+    (every 10 steps), where a fresh run of the same recipe trains on."""
+    with pytest.raises(Killed):
+        _run(tmp_path, "a", 12, save_every=4, crash_at=6)
+    state_file = tmp_path / "a" / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["train_seconds"] = 3600.0
+    state_file.write_text(json.dumps(state))
+    _, resumed = _run(tmp_path, "a", 12, resume=str(tmp_path / "a"), **{"train.time_limit_minutes": 30})
+    assert resumed["stopped_by_time_limit"] and resumed["step"] == 10
+    assert resumed["train_seconds"] >= 3600.0
+    _, fresh = _run(tmp_path, "b", 12, **{"train.time_limit_minutes": 30})
+    assert not fresh["stopped_by_time_limit"] and fresh["step"] == 12
 
 
 def test_nan_loss_skips_step_and_is_counted(tmp_path):

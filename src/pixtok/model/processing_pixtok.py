@@ -46,6 +46,10 @@ PROCESSOR_CONFIG_NAME = "processor_config.json"
 _WORD_START = "▁"  # sentencepiece's word-boundary mark
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
 def _per_image(value: Any, batch: int, name: str) -> list[Any]:
     """Broadcast ``None`` / a single value, or check a per-image list has ``batch`` entries."""
     if value is None:
@@ -260,6 +264,7 @@ class PixtokProcessor(ProcessorMixin):
         targets: Sequence[Mapping[str, Any] | None] | None = None,
         return_tensors: str | None = "pt",
         rng: np.random.Generator | None = None,
+        pad_to_multiple_of: int | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Model inputs (and training targets when ``targets`` is given) for a batch of images.
@@ -274,6 +279,9 @@ class PixtokProcessor(ProcessorMixin):
                 may carry ``"augment": True`` for Pix2Seq sequence augmentation.
             return_tensors: ``"pt"`` only (the model is torch).
             rng: randomness of object order / augmentation (default: the processor's generator).
+            pad_to_multiple_of: round the batch's text prompt, target sequence and proposal lengths
+                up to a multiple of this (padding the loss ignores), so that batches come in few
+                shapes: each new shape recompiles a compiled model and records a new CUDA graph.
 
         Returns:
             ``BatchFeature`` with ``pixel_values``, ``eva_pixel_values``, ``input_ids``,
@@ -286,6 +294,10 @@ class PixtokProcessor(ProcessorMixin):
             raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
         if images is None:
             raise ValueError("images= is required")
+        if pad_to_multiple_of is not None and not (
+            isinstance(pad_to_multiple_of, int) and pad_to_multiple_of >= 1
+        ):
+            raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
         pixels = self.image_processor(images, return_tensors="pt")
         sizes = [tuple(int(v) for v in s) for s in pixels["image_sizes"].tolist()]
         batch = len(sizes)
@@ -299,7 +311,9 @@ class PixtokProcessor(ProcessorMixin):
         point_prompts = _per_image(points, batch, "points")
 
         prompts = [f"<task_{t}>" + (f" {s}" if s else "") for t, s in zip(tasks, texts)]
-        encoded = self.tokenizer(prompts, padding="longest", return_tensors="pt")
+        encoded = self.tokenizer(
+            prompts, padding="longest", pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"
+        )
         coords, labels = zip(
             *(self._prompt(b, p, s, i) for i, (b, p, s) in enumerate(zip(box_prompts, point_prompts, sizes)))
         )
@@ -316,7 +330,8 @@ class PixtokProcessor(ProcessorMixin):
         if targets is not None:
             if len(targets) != batch:
                 raise ValueError(f"targets= has {len(targets)} entries for {batch} images")
-            data.update(self._targets(tasks, list(targets), sizes, rng if rng is not None else self._rng))
+            rng = rng if rng is not None else self._rng
+            data.update(self._targets(tasks, list(targets), sizes, rng, pad_to_multiple_of or 1))
         return BatchFeature(data=data)
 
     # --- targets ---------------------------------------------------------------------------------
@@ -412,6 +427,7 @@ class PixtokProcessor(ProcessorMixin):
         targets: list[Mapping[str, Any] | None],
         sizes: list[tuple[int, int]],
         rng: np.random.Generator,
+        multiple: int = 1,
     ) -> dict[str, torch.Tensor]:
         batch = len(tasks)
         ids: list[Sequence[int]] = [[] for _ in range(batch)]
@@ -467,7 +483,7 @@ class PixtokProcessor(ProcessorMixin):
                     f"task {task!r} has no sequence targets in PixtokProcessor (panoptic: its own processor)"
                 )
 
-        length = max([len(r) for r in ids] + [1])
+        length = _round_up(max([len(r) for r in ids] + [1]), multiple)
         labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)
         label_weights = torch.zeros(batch, length)
         for i, row in enumerate(ids):
@@ -489,7 +505,7 @@ class PixtokProcessor(ProcessorMixin):
                 box_targets=box_targets, box_mask=box_mask, mask_targets=mask_targets, mask_valid=mask_valid
             )
         if "dense_caption" in present:
-            n = max([len(p) for p in proposals] + [1])
+            n = _round_up(max([len(p) for p in proposals] + [1]), multiple)
             proposal_boxes = torch.zeros(batch, n, 4)
             proposal_mask = torch.zeros(batch, n, dtype=torch.bool)
             for i, p in enumerate(proposals):

@@ -92,13 +92,17 @@ class Task(ABC):
         processor: Any,
         with_targets: bool = True,
         rng: np.random.Generator | None = None,
+        pad_to_multiple_of: int | None = None,
     ) -> Any:
         """Examples → the processor's batch (inputs, and targets when ``with_targets``).
 
         ``rng`` drives the processor's object order and sequence augmentation; the loop passes the
         micro-batch's own generator so that a batch is a pure function of the run's seed.
+        ``pad_to_multiple_of`` rounds the batch's sequence lengths up (``train.pad_to_multiple_of``).
         """
         kwargs: dict[str, Any] = {}
+        if pad_to_multiple_of is not None:
+            kwargs["pad_to_multiple_of"] = pad_to_multiple_of
         if any(e.text is not None for e in examples):
             kwargs["text"] = [e.text or "" for e in examples]
         if any(e.box is not None for e in examples):

@@ -47,10 +47,11 @@ class DenseCaptionTask(Task):
         processor: Any,
         with_targets: bool = True,
         rng: np.random.Generator | None = None,
+        pad_to_multiple_of: int | None = None,
     ) -> Any:
         if not with_targets:  # inference: no prompt box, the proposal head finds the regions
             return processor(images=[e.image for e in examples], task=self.name, return_tensors="pt")
-        return super().collate(examples, processor, with_targets, rng)
+        return super().collate(examples, processor, with_targets, rng, pad_to_multiple_of)
 
     def post_process(self, processor: Any, outputs: Any, target_sizes: list[tuple[int, int]]) -> list[dict]:
         return processor.post_process_dense_caption(outputs, target_sizes=target_sizes)

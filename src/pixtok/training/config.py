@@ -118,9 +118,15 @@ class TrainSection:
             evaluation runs eagerly); a string is a ``torch.compile`` mode (``reduce-overhead``:
             also CUDA graphs, for small models whose step is host-bound; single process) or else a
             backend (``aot_eager`` checks the traced graphs without code generation).
+        pad_to_multiple_of: round each batch's text, target and proposal lengths up to a multiple of
+            this (padding the loss ignores), so that a compiled model meets few shapes: every new
+            one costs a recompile and, with ``reduce-overhead``, a CUDA-graph recording. ``None``:
+            each batch as long as its longest row.
         time_limit_minutes: stop training after this many minutes of steps even if ``max_steps``
             is not reached, then evaluate and save as usual (a guard for fixed-time benchmarks;
-            the learning-rate schedule still spans ``max_steps``, so set both). ``None``: no limit.
+            the learning-rate schedule still spans ``max_steps``, so set both). The minutes are
+            the whole run's: a resumed run starts with its checkpoint's training time (periodic
+            evaluation and checkpointing do not count). ``None``: no limit.
     """
 
     max_steps: int = 300
@@ -148,6 +154,7 @@ class TrainSection:
     cache_features: bool = False
     cache_max_images: int = 100_000
     compile: bool | str = False
+    pad_to_multiple_of: int | None = None
     time_limit_minutes: float | None = None
 
 
@@ -208,6 +215,8 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
                 raise ConfigError(f"{where}.{name}: expected no | fp16 | bf16 | fp8, got {value!r}")
         if name == "lr_scales":
             value = _lr_scales(value, f"{where}.{name}")
+        if name == "pad_to_multiple_of" and value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{where}.{name}: expected a positive integer or null, got {value!r}")
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -10,7 +10,8 @@ What it guarantees:
   and FSDP come from accelerate (``recipes/accelerate/*.yaml``);
 * checkpoints are atomic (:mod:`pixtok.training.checkpoint`) and ``resume_from`` continues
   exactly: same step, learning rate, data order and augmentation (sampling is a pure function of
-  the counter, RNG states are in the checkpoint);
+  the counter, RNG states are in the checkpoint), and the same clock: the checkpoint keeps the
+  training seconds and loss history so far, so ``time_limit_minutes`` bounds the whole run;
 * a non-finite loss skips its optimizer step on every process and is counted, never trained on;
 * evaluation with each task's metric every ``eval_every`` steps and at the end;
 * ``train.compile``: the model's repeated blocks compiled in place for the training steps
@@ -100,10 +101,17 @@ class BatchMaker:
     process at batch ``B`` with ``W``-step gradient accumulation.
     """
 
-    def __init__(self, tasks: Sequence[TaskData], processor: Any, mixture: TaskMixture) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[TaskData],
+        processor: Any,
+        mixture: TaskMixture,
+        pad_to_multiple_of: int | None = None,
+    ) -> None:
         self.tasks = tasks
         self.processor = processor
         self.mixture = mixture
+        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, micro_batch: int, indices: list[int]) -> tuple[int, dict[str, torch.Tensor]]:
         t = self.mixture.task_of(micro_batch)
@@ -114,7 +122,11 @@ class BatchMaker:
             row, sub = data.train_items[item]
             examples.append(data.task.example(data.train[row], sub, rng))
         batch_rng = sample_rng(self.mixture.seed, indices[0] if indices else micro_batch, stream=4)
-        batch = dict(data.task.collate(examples, self.processor, rng=batch_rng))
+        batch = dict(
+            data.task.collate(
+                examples, self.processor, rng=batch_rng, pad_to_multiple_of=self.pad_to_multiple_of
+            )
+        )
         batch["_image_keys"] = [(data.source, e.image_id, *getattr(e.image, "size", ())) for e in examples]
         return t, batch
 
@@ -297,7 +309,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
 
     mixture = TaskMixture([len(t.train_items) for t in tasks], [t.weight for t in tasks], cfg.seed)
     stream = SampleStream(
-        BatchMaker(tasks, processor, mixture),
+        BatchMaker(tasks, processor, mixture, cfg.pad_to_multiple_of),
         cfg.batch_size,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
@@ -346,9 +358,11 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     # kept on the accelerator so that recording a loss does not wait for the GPU
     running = torch.zeros(2, len(LOSS_NAMES), dtype=torch.float64, device=accelerator.device)
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
-    started = time.time()
+    # a resumed run continues its clock and its loss history: the time limit bounds the whole run,
+    # and the result's history starts at step 1 whichever segment wrote it
+    started = time.time() - float(state.get("train_seconds", 0.0))
     paused = 0.0  # seconds of periodic evaluation and checkpointing, not training
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = list(state.get("history", []))
     for task_index, batch in loader:
         keys = batch.pop("_image_keys", None)
         batch = {
@@ -424,6 +438,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             pause = time.time()
             if sharded:
                 _complete_adamw_state(optimizer)
+            state.update(train_seconds=round(pause - started - paused, 3), history=history)
             save_checkpoint(accelerator, out_dir, step, _state(state, identity), keep=cfg.keep_checkpoints)
             paused += time.time() - pause
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
@@ -442,7 +457,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             break
         if cfg.time_limit_minutes is not None and step % 10 == 0:
             over = torch.tensor(
-                [float(time.time() - started > 60.0 * cfg.time_limit_minutes)], device=accelerator.device
+                [float(time.time() - started - paused > 60.0 * cfg.time_limit_minutes)],
+                device=accelerator.device,
             )
             if accelerator.num_processes > 1:
                 over = accelerator.reduce(over, reduction="sum")  # every process stops at the same step
@@ -453,7 +469,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 )
                 break
     bar.close()
-    train_seconds = time.time() - started
+    train_seconds = time.time() - started - paused
+    state.update(train_seconds=round(train_seconds, 3), history=history)
 
     if sharded:
         _complete_adamw_state(optimizer)
