@@ -3,8 +3,10 @@
 Baselines are the stock modules — transformers' ``SamVisionModel`` with SDPA attention and timm's
 ``eva02_large_patch14_448`` — in bf16, eager. "Ours" are pixtok's towers (``model/sam.py``'s
 ``SamImageEncoder``, ``model/eva02.py``'s ``Eva02Encoder``), eager and under ``torch.compile``;
-for EVA02 also with the q/k/v projections fused into one matrix (``qkv_fused=True``). Random
-weights and inputs, ``torch.inference_mode``; CUDA events after warm-up, median of repeats.
+for EVA02 also with the q/k/v projections fused into one matrix (``qkv_fused=True``), and that fused
+tower with its SwiGLU hidden width zero-padded from 2730 to 2736 (``pad_mlp_hidden``: aligned bf16
+GEMMs, same output) under ``torch.compile``. Random weights and inputs, ``torch.inference_mode``;
+CUDA events after warm-up, median of repeats.
 
 FLOPs per image are counted analytically from the configs (matrix products and attention, with
 SAM's window padding) and cross-checked against ``torch.utils.flop_counter``; MFU is achieved
@@ -312,6 +314,7 @@ def run(args: argparse.Namespace) -> None:
         for name, ms in top_kernels(lambda m=stock: m.forward_features(x)):
             print(f"[towers]   stock EVA kernel {ms:8.2f} ms  {name}", flush=True)
         variants: list[tuple[str, nn.Module]] = []
+        padded: nn.Module | None = None
         try:
             from pixtok.model.configuration_towers import PixtokEva02Config
             from pixtok.model.eva02 import Eva02Encoder
@@ -320,6 +323,8 @@ def run(args: argparse.Namespace) -> None:
                 variants.append(("ours_eager", Eva02Encoder(PixtokEva02Config()).to(torch.bfloat16).eval()))
                 fused = Eva02Encoder(PixtokEva02Config(qkv_fused=True)).to(torch.bfloat16).eval()
             variants += [("ours_qkv_fused_eager", fused), ("ours_qkv_fused_compile", fused)]
+            with torch.device(device):
+                padded = Eva02Encoder(PixtokEva02Config(qkv_fused=True)).to(torch.bfloat16).eval()
             metrics["eva02_l_ours_module"] = "pixtok.model.eva02.Eva02Encoder"
         except Exception as exc:
             print(f"[towers] pixtok Eva02Encoder unavailable ({exc!r}); using timm's Eva", flush=True)
@@ -341,6 +346,26 @@ def run(args: argparse.Namespace) -> None:
                     metrics[f"eva02_l_{name}_rel_err_vs_stock"] = rel_err(eva.forward_features(x[:2]), ref)
                 except Exception as exc:
                     print(f"[towers] EVA {name} weight copy FAILED: {exc!r}"[:400], flush=True)
+        if padded is not None:
+            try:  # SwiGLU hidden 2730 -> 2736: bf16 GEMMs on aligned cuBLAS kernels, same function
+                from pixtok.model.eva02 import pad_mlp_hidden
+
+                fuse_eva_qkv(stock, padded.eva)
+                replaced = pad_mlp_hidden(padded)
+                hidden = padded.eva.blocks[0].mlp.fc2.in_features
+                metrics["eva02_l_ours_qkv_fused_padded_mlp_hidden"] = hidden
+                with torch.inference_mode():
+                    metrics["eva02_l_ours_qkv_fused_padded_rel_err_vs_stock"] = rel_err(
+                        padded.eva.forward_features(x[:2]), ref
+                    )
+                    padded(x)  # warm-up before the kernel profile
+                print(f"[towers] EVA MLP hidden padded to {hidden} in {replaced} blocks", flush=True)
+                for name, ms in top_kernels(lambda m=padded: m(x)):
+                    print(f"[towers]   padded EVA kernel (eager) {ms:8.2f} ms  {name}", flush=True)
+                variants.append(("ours_qkv_fused_padded_compile", padded))
+            except Exception as exc:
+                print(f"[towers] EVA padded variant FAILED: {exc!r}"[:400], flush=True)
+                metrics["eva02_l_ours_qkv_fused_padded_error"] = repr(exc)[:300]
         del stock, ref
         for name, module in variants:
             forward = getattr(module, "forward_features", module)

@@ -20,6 +20,11 @@ A config may list ``variants:`` — ``{name: {dotted.key: value}}`` — each of 
 architecture being compared). A variant row reports its base row's headline keys; targets belong to
 the base row only.
 
+A row may train in segments (a device call is shorter than the row's time limit): stop the first
+with ``--set train.time_limit_minutes=M``, go on with ``--set resume_from=<its output folder>``. The
+checkpoint carries the clock and the loss history, so the time limit bounds the whole run, and the
+result's ``command`` lists every segment's command.
+
 Under ``accelerate launch`` the row trains on every process (DDP/FSDP from the accelerate config);
 the main process writes the result. ``benchmarks/learning/report.py`` turns the JSON files into the
 table and loss curves of ``benchmarks/RESULTS.md``.
@@ -194,12 +199,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = headline_metrics(args.row, result["val"])
     targets = check_targets(args.row, metrics)
     history = result.get("history", [])
+    command = "PYTHONPATH=src python benchmarks/learning/run.py " + " ".join(
+        [args.row, *(f"--set {s}" for s in args.set)]
+    )
+    # a run resumed in the same folder reports every segment's command (its history is the whole run's)
+    record = out_dir / "benchmark_command.txt"
+    if recipe.resume_from and record.exists():
+        command = record.read_text().strip() + "; then " + command
+    record.write_text(command + "\n")
     payload = {
         "benchmark": f"learning_{args.row}",
         "device": device_name(),
         "date": dt.date.today().isoformat(),
-        "command": "PYTHONPATH=src python benchmarks/learning/run.py "
-        + " ".join([args.row, *(f"--set {s}" for s in args.set)]),
+        "command": command,
         "metrics": metrics,
         "targets": targets,
         "all_metrics": result["val"],

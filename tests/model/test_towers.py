@@ -410,3 +410,64 @@ def test_fresh_panoptic_model_has_a_live_sam_branch():
     size = config.vision_config.image_size
     with torch.no_grad():
         assert model.towers.sam(torch.randn(2, 3, size, size)).std() > 1e-2
+
+
+def test_pad_mlp_hidden_is_exact_with_the_hidden_layernorm():
+    """EVA02's SwiGLU with ``scale_mlp``: the hidden LayerNorm must ignore the padded channels (a plain
+    LayerNorm over the padded width changes the output, checked below)."""
+    from timm.layers.mlp import SwiGLU
+
+    from pixtok.model.eva02 import PaddedSwiGLU, pad_mlp_hidden
+
+    torch.manual_seed(0)
+    encoder = Eva02Encoder(tiny_eva_config(mlp_ratio=2.5)).eval()  # hidden 60, like EVA02-L's 2730 % 8 != 0
+    mlps = [block.mlp for block in encoder.eva.blocks]
+    assert all(isinstance(m, SwiGLU) and m.fc2.in_features == 60 for m in mlps)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.normal_(0.0, 0.3)
+        for m in mlps:
+            m.fc1_x.bias.add_(1.0)  # hidden activations with a clear non-zero mean
+            m.norm.weight.uniform_(0.5, 1.5)
+            m.norm.bias.normal_()
+    x = torch.randn(2, 3, E, E)
+    with torch.no_grad():
+        reference = encoder(x)
+        assert pad_mlp_hidden(encoder) == 2
+        got = encoder(x)
+    assert all(isinstance(b.mlp, PaddedSwiGLU) and b.mlp.fc2.in_features == 64 for b in encoder.eva.blocks)
+    assert all(b.mlp.fc1_g.out_features % 8 == 0 for b in encoder.eva.blocks)
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    assert pad_mlp_hidden(encoder) == 0
+    # the bug this guards against: statistics over the 64 padded channels
+    padded = encoder.eva.blocks[0].mlp
+    naive = torch.nn.LayerNorm(64, eps=padded.norm.eps)
+    with torch.no_grad():
+        naive.weight.copy_(padded.norm.weight)
+        naive.bias.copy_(padded.norm.bias)
+        h = torch.randn(5, 60) + 1.0
+        h64 = torch.nn.functional.pad(h, (0, 4))
+        exact = torch.nn.functional.layer_norm(
+            h, (60,), mlps[0].norm.weight, mlps[0].norm.bias, mlps[0].norm.eps
+        )
+        torch.testing.assert_close(padded.norm(h64)[:, :60], exact, rtol=1e-5, atol=1e-5)
+        assert (padded.norm(h64)[:, 60:] == 0).all()
+        assert (naive(h64)[:, :60] - exact).abs().max() > 1e-2
+
+
+def test_pad_mlp_hidden_without_hidden_norm_and_aligned_widths():
+    from timm.layers.mlp import SwiGLU
+
+    from pixtok.model.eva02 import PaddedSwiGLU, pad_mlp_hidden
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(SwiGLU(12, 30), SwiGLU(12, 32, 12)).eval()  # norm Identity; 32 aligned
+    x = torch.randn(3, 7, 12)
+    with torch.no_grad():
+        reference = model(x)
+        assert pad_mlp_hidden(model) == 1
+        got = model(x)
+    assert isinstance(model[0], PaddedSwiGLU) and model[0].fc2.in_features == 32
+    assert isinstance(model[1], SwiGLU)
+    assert (model[0].fc1_g.weight[30:] == 0).all() and (model[0].fc2.weight[:, 30:] == 0).all()
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
