@@ -203,9 +203,7 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
         elif isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}.{name}: expected true/false, got {value!r}")
         if kind in ("int", "float") and value is not None:
-            if isinstance(value, str):  # YAML 1.1 reads `2e-3` (no dot) as a string
-                with contextlib.suppress(ValueError):
-                    value = float(value) if any(c in value for c in ".eE") else int(value)
+            value = _yaml_number(value)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
             value = float(value) if kind == "float" else value
@@ -221,6 +219,15 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _yaml_number(value: Any) -> Any:
+    """A number YAML 1.1 left as a string (it reads `2e-3`, without a dot, as one) → int or float;
+    anything else unchanged."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value) if any(c in value for c in ".eE") else int(value)
+    return value
+
+
 def _lr_scales(value: Any, where: str) -> dict[str, float]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping of parameter-name regex -> factor, got {value!r}")
@@ -230,9 +237,7 @@ def _lr_scales(value: Any, where: str) -> dict[str, float]:
             re.compile(str(pattern))
         except re.error as err:
             raise ConfigError(f"{where}: {pattern!r} is not a regular expression ({err})") from None
-        if isinstance(factor, str):
-            with contextlib.suppress(ValueError):
-                factor = float(factor)
+        factor = _yaml_number(factor)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
             raise ConfigError(f"{where}[{pattern!r}]: expected a factor > 0, got {factor!r}")
         scales[str(pattern)] = float(factor)
