@@ -362,6 +362,11 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     # and the result's history starts at step 1 whichever segment wrote it
     started = time.time() - float(state.get("train_seconds", 0.0))
     paused = 0.0  # seconds of periodic evaluation and checkpointing, not training
+
+    def trained() -> float:
+        """Training seconds of the whole run so far (earlier segments included, pauses not)."""
+        return time.time() - started - paused
+
     history: list[dict[str, Any]] = list(state.get("history", []))
     for task_index, batch in loader:
         keys = batch.pop("_image_keys", None)
@@ -428,7 +433,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 {
                     "step": step,
                     **{k: round(float(v), 6) for k, v in logs.items()},
-                    "seconds": round(time.time() - started - paused, 3),
+                    "seconds": round(trained(), 3),
                     "samples": step * global_batch,
                 }
             )
@@ -438,7 +443,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             pause = time.time()
             if sharded:
                 _complete_adamw_state(optimizer)
-            state.update(train_seconds=round(pause - started - paused, 3), history=history)
+            state.update(train_seconds=round(trained(), 3), history=history)
             save_checkpoint(accelerator, out_dir, step, _state(state, identity), keep=cfg.keep_checkpoints)
             paused += time.time() - pause
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
@@ -457,7 +462,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             break
         if cfg.time_limit_minutes is not None and step % 10 == 0:
             over = torch.tensor(
-                [float(time.time() - started - paused > 60.0 * cfg.time_limit_minutes)],
+                [float(trained() > 60.0 * cfg.time_limit_minutes)],
                 device=accelerator.device,
             )
             if accelerator.num_processes > 1:
@@ -469,7 +474,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 )
                 break
     bar.close()
-    train_seconds = time.time() - started - paused
+    train_seconds = trained()
     state.update(train_seconds=round(train_seconds, 3), history=history)
 
     if sharded:
