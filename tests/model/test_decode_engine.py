@@ -15,6 +15,7 @@ from pixtok.model.decode_engine import (
     fast_generate_detection,
     merged_linear_weight,
 )
+from pixtok.model.decoding import GenerationOptions, decode, grammar_for
 from pixtok.model.vocab import EOS_ID, PAD_ID, PixtokVocab
 
 VOCAB = PixtokVocab(base_vocab_size=50, num_bins=40, class_names=("cat", "dog", "car"))
@@ -186,8 +187,15 @@ def test_fused_greedy_matches_plain_path_and_stock_generate(
 ) -> None:
     t5 = tiny_t5(ff, tie)
     states, mask = encoder_inputs()
-    out = fast_generate_detection(
-        t5, states, mask, VOCAB, max_new_tokens=48, eos_logit_offset=eos_logit_offset, check_every=2
+    out = fast_generate_detection(  # scores over the grammar's tokens, as stock generate's
+        t5,
+        states,
+        mask,
+        VOCAB,
+        max_new_tokens=48,
+        eos_logit_offset=eos_logit_offset,
+        check_every=2,
+        rank_against_noise=False,
     )
     grammar = GrammarReference(VOCAB, budget=48, eos_logit_offset=eos_logit_offset)
     ref_seq, ref_scores, ref_hidden = reference_greedy(t5, states, mask, 48, grammar)
@@ -224,19 +232,21 @@ def test_fused_path_equals_decoding_decode_over_step_fn() -> None:
     t5 = tiny_t5("gated-gelu", False)
     states, mask = encoder_inputs()
     engine = StaticT5Decoder(t5, max_batch_size=3, max_length=41, max_encoder_length=7)
-    for offset, min_objects, max_objects in [(12.0, 0, None), (12.0, 2, 5), (-1e3, 0, 3)]:
+    cases = [(12.0, 0, None, True), (12.0, 2, 5, True), (-1e3, 0, 3, True), (12.0, 0, None, False)]
+    for offset, min_objects, max_objects, rank_against_noise in cases:
         options = decoding.GenerationOptions(
             max_new_tokens=41,
             do_sample=False,
             eos_logit_offset=offset,
             min_objects=min_objects,
             max_objects=max_objects,
+            rank_against_noise=rank_against_noise,
         )
         engine.prefill(states, mask)
         plain = decoding.decode(engine.step_fn(), decoding.grammar_for("detection", VOCAB), 3, options, "cpu")
         engine.prefill(states, mask)
         fast = engine.generate_detection(
-            DetectionRows.from_vocab(VOCAB),
+            DetectionRows.from_vocab(VOCAB, rank_against_noise=rank_against_noise),
             max_new_tokens=41,
             eos_logit_offset=offset,
             min_objects=min_objects,
@@ -279,7 +289,44 @@ def test_noise_class_only_when_allowed() -> None:
     rows = DetectionRows.from_vocab(VOCAB, allow_noise_class=True)
     assert rows.allowed(4).tolist() == [*range(VOCAB.class_offset, VOCAB.noise_id), VOCAB.noise_id]
     assert rows.allowed(0).tolist() == [EOS_ID, *range(VOCAB.coord_offset, VOCAB.class_offset)]
-    assert VOCAB.noise_id not in DetectionRows.from_vocab(VOCAB).allowed(4).tolist()
+    assert rows.choosable(4) == VOCAB.num_classes + 1
+    # by default <noise> is in the class position's softmax (the score) but never chosen
+    ranked = DetectionRows.from_vocab(VOCAB)
+    assert ranked.allowed(4).tolist()[-1] == VOCAB.noise_id
+    assert ranked.choosable(4) == VOCAB.num_classes and ranked.choosable(0) == VOCAB.num_bins + 1
+    renormalized = DetectionRows.from_vocab(VOCAB, rank_against_noise=False)
+    assert VOCAB.noise_id not in renormalized.allowed(4).tolist()
+    assert renormalized.choosable(4) == VOCAB.num_classes
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_noise_ranks_but_is_never_written(do_sample: bool) -> None:
+    """A model that calls every object noise: the engine writes the best real class instead, scored
+    against noise (low), as ``decoding.decode`` does; with the option off the score renormalizes."""
+    t5 = tiny_t5("gated-gelu", False)
+    with torch.no_grad():  # the noise row: the best real class's row, scaled up
+        t5.lm_head.weight[VOCAB.noise_id] = 4.0 * t5.lm_head.weight[VOCAB.class_offset + 1]
+    states, mask = encoder_inputs()
+    engine = StaticT5Decoder(t5, max_batch_size=3, max_length=41, max_encoder_length=7)
+    scores = {}
+    for rank in (True, False):
+        engine.prefill(states, mask)
+        torch.manual_seed(0)
+        out = engine.generate_detection(
+            DetectionRows.from_vocab(VOCAB, rank_against_noise=rank), max_new_tokens=41, do_sample=do_sample
+        )
+        classes = out.sequences[:, 4::TOKENS_PER_OBJECT]
+        written = classes[classes != PAD_ID]
+        assert len(written) and all(VOCAB.is_class(int(t)) for t in written)
+        scores[rank] = out.token_scores[:, 4::TOKENS_PER_OBJECT][classes != PAD_ID]
+        if not do_sample:
+            engine.prefill(states, mask)
+            options = GenerationOptions(max_new_tokens=41, do_sample=False, rank_against_noise=rank)
+            plain = decode(engine.step_fn(), grammar_for("detection", VOCAB), 3, options, "cpu")
+            assert torch.equal(out.sequences, plain.sequences)
+            torch.testing.assert_close(out.token_scores, plain.token_scores, rtol=0, atol=1e-5)
+    if not do_sample:  # same tokens; against noise every class score is lower
+        assert bool((scores[True] < scores[False]).all())
 
 
 def test_object_rules_and_early_exit() -> None:

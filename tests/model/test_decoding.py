@@ -86,8 +86,34 @@ def test_scores_are_masked_softmax_probabilities_and_argmax_picks_the_best_legal
     legal_first = VOCAB.num_bins + 1  # coords + EOS
     expected = torch.tensor(5.0).exp() / (torch.tensor(5.0).exp() + legal_first - 1)
     assert torch.allclose(res.token_scores[0, 0], expected)
-    # class position: 3 legal classes with equal logits -> 1/3
-    assert torch.allclose(res.token_scores[0, 4], torch.tensor(1 / 3))
+    # class position: 3 legal classes and <noise> (score-only) with equal logits -> 1/4
+    assert torch.allclose(res.token_scores[0, 4], torch.tensor(1 / 4))
+    renormalized = GenerationOptions(max_new_tokens=6, do_sample=False, rank_against_noise=False)
+    res = decode(step, grammar_for("detection", VOCAB), 2, renormalized, "cpu")
+    assert torch.allclose(res.token_scores[0, 4], torch.tensor(1 / 3))  # over the real classes only
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_an_object_called_noise_keeps_its_best_real_class_with_a_low_score(do_sample):
+    """Pix2Seq's altered inference: ``<noise>`` is never written, but an object the model calls
+    noise ranks by its best real class's probability against noise."""
+    v = VOCAB.size
+    logits = torch.zeros(2, v)
+    logits[:, VOCAB.coord_offset + 3] = 5.0
+    logits[0, VOCAB.noise_id] = 6.0  # row 0: "noise", with "dog" the best real class
+    logits[:, VOCAB.class_offset + 1] = 2.0
+
+    def step(ids):
+        return logits.clone(), torch.zeros(2, 4)
+
+    opts = GenerationOptions(max_new_tokens=6, do_sample=do_sample, top_p=0.4)
+    gen = torch.Generator().manual_seed(0)
+    res = decode(step, grammar_for("detection", VOCAB), 2, opts, "cpu", generator=gen)
+    assert res.sequences[:, 4].tolist() == [VOCAB.class_offset + 1] * 2  # "dog", never <noise>
+    e = torch.tensor([6.0, 2.0, 0.0, 0.0]).exp()  # noise, dog, cat, bird
+    assert torch.allclose(res.token_scores[0, 4], e[1] / e.sum())  # ~0.018: ranked last
+    e = torch.tensor([0.0, 2.0, 0.0, 0.0]).exp()
+    assert torch.allclose(res.token_scores[1, 4], e[1] / e.sum())  # ~0.71
 
 
 def test_eos_offset_and_temperature_change_choices():

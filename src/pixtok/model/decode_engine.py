@@ -42,7 +42,7 @@ and the text tasks go through ``step_fn``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -96,14 +96,23 @@ class DetectionRows:
         coord_ids: (num_bins,) long, coordinate token ids (positions 0–3).
         class_ids: (C',) long, class token ids allowed at position 4 (closed-set classes, plus
             ``<noise>`` when allowed).
+        score_only_ids: (0,) or (1,) long, ids after ``class_ids`` at position 4 that are never
+            chosen but take part in the class score's softmax (``<noise>``: Pix2Seq ranks an object
+            by its class's probability against noise; ``decoding.GenerationOptions.rank_against_noise``).
     """
 
     coord_ids: Tensor
     class_ids: Tensor
+    score_only_ids: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @classmethod
-    def from_vocab(cls, vocab: PixtokVocab, allow_noise_class: bool = False) -> DetectionRows:
+    def from_vocab(
+        cls, vocab: PixtokVocab, allow_noise_class: bool = False, rank_against_noise: bool = True
+    ) -> DetectionRows:
         """Rows of the detection grammar for ``vocab`` (closed-set classes only).
+
+        ``allow_noise_class`` lets ``<noise>`` be chosen; otherwise ``rank_against_noise`` keeps it in
+        the class score's softmax only (the plain path's ``grammar_for("detection")`` does the same).
 
         Raises:
             ValueError: for an open-vocabulary vocabulary or one without any class to write.
@@ -114,18 +123,33 @@ class DetectionRows:
                 "writes class names as text: decode it through StaticT5Decoder.step_fn instead"
             )
         class_ids = list(range(vocab.class_offset, vocab.class_offset + vocab.num_classes))
-        if allow_noise_class:
-            class_ids.append(vocab.noise_id)
         if not class_ids:
             raise ValueError("the vocabulary has no class tokens (class_names is empty)")
+        score_only = []
+        if allow_noise_class:
+            class_ids.append(vocab.noise_id)
+        elif rank_against_noise:
+            score_only.append(vocab.noise_id)
         coord_ids = torch.arange(vocab.coord_offset, vocab.coord_offset + vocab.num_bins)
-        return cls(coord_ids=coord_ids, class_ids=torch.tensor(class_ids, dtype=torch.long))
+        return cls(
+            coord_ids=coord_ids,
+            class_ids=torch.tensor(class_ids, dtype=torch.long),
+            score_only_ids=torch.tensor(score_only, dtype=torch.long),
+        )
 
     def allowed(self, position_in_object: int) -> Tensor:
-        """Vocabulary ids allowed at ``position_in_object`` (EOS first at position 0)."""
+        """Vocabulary ids in the softmax at ``position_in_object`` (EOS first at position 0; the
+        score-only ids last at the class position)."""
         if position_in_object == 0:
             return torch.cat([torch.tensor([EOS_ID]), self.coord_ids])
-        return self.coord_ids if position_in_object < TOKENS_PER_OBJECT - 1 else self.class_ids
+        if position_in_object < TOKENS_PER_OBJECT - 1:
+            return self.coord_ids
+        return torch.cat([self.class_ids, self.score_only_ids])
+
+    def choosable(self, position_in_object: int) -> int:
+        """How many of :meth:`allowed`'s leading ids may be chosen at ``position_in_object``."""
+        extra = len(self.score_only_ids) if position_in_object == TOKENS_PER_OBJECT - 1 else 0
+        return len(self.allowed(position_in_object)) - extra
 
 
 # --- fused Triton kernels (kernels="triton", CUDA) ----------------------------------------------
@@ -320,7 +344,7 @@ if triton is not None:
 
     @triton.jit
     def _pick_kernel(
-        logits_ptr, n_rows, ids_ptr, temperature_ptr, eos_bias_ptr, coord_bias_ptr, pos_ptr,
+        logits_ptr, n_rows, n_choose, ids_ptr, temperature_ptr, eos_bias_ptr, coord_bias_ptr, pos_ptr,
         done_ptr, input_ids_ptr, out_ids_ptr, out_scores_ptr, out_hidden_ptr, x_ptr, final_ln_ptr,
         eps, embedding_ptr, positions_ptr, x_next_ptr, bsz, max_length, d_model,
         BOUNDARY: tl.constexpr, HAS_POSITIONS: tl.constexpr, PAD: tl.constexpr, EOS: tl.constexpr,
@@ -329,7 +353,8 @@ if triton is not None:
         """The greedy tail of one detection step, for every sequence, in one program.
 
         Per sequence: grammar-row logits / temperature (+ the object-boundary biases at position 0 of
-        an object), argmax, its softmax probability, the chosen vocabulary id (pad after EOS), the
+        an object), argmax over the first ``n_choose`` rows (the rest are score-only), its
+        probability in the softmax over all ``n_rows``, the chosen vocabulary id (pad after EOS), the
         outputs at ``pos`` (id, score, final-norm hidden state), ``done``, the next input id and the
         next step's input embedding (token row + position row); then ``pos += 1``.
         """
@@ -345,8 +370,9 @@ if triton is not None:
                 bias = tl.where(r == 0, tl.load(eos_bias_ptr + pos), tl.load(coord_bias_ptr + pos))
                 logits = tl.where(r_ok, logits + bias, float("-inf"))
             best = tl.max(logits, axis=0)
-            choice = tl.argmax(logits, axis=0)
-            score = 1.0 / tl.sum(tl.exp(logits - best), axis=0)
+            pickable = tl.where(r < n_choose, logits, float("-inf"))
+            choice = tl.argmax(pickable, axis=0)
+            score = tl.exp(tl.max(pickable, axis=0) - best) / tl.sum(tl.exp(logits - best), axis=0)
             done = tl.load(done_ptr + b) != 0
             token = tl.load(ids_ptr + choice)
             token = tl.where(done, PAD, token)
@@ -565,7 +591,12 @@ class StaticT5Decoder:
         self._batch = 0
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._row_cache: dict[tuple, tuple[list[Tensor], list[Tensor], list[Tensor] | None]] = {}
-        self._active_rows: tuple[list[Tensor], list[Tensor], list[Tensor] | None] = ([], [], None)
+        self._active_rows: tuple[list[Tensor], list[Tensor], list[Tensor] | None, list[int]] = (
+            [],
+            [],
+            None,
+            [],
+        )
         # greedy triton detection: head + pick as two kernels per step (benchmarks turn it off)
         self._fused_tail = True
 
@@ -830,15 +861,20 @@ class StaticT5Decoder:
     # --- the fused detection path ----------------------------------------------------------------
     def _head_rows(
         self, rows: DetectionRows
-    ) -> tuple[tuple, tuple[list[Tensor], list[Tensor], list[Tensor] | None]]:
+    ) -> tuple[tuple, tuple[list[Tensor], list[Tensor], list[Tensor] | None, list[int]]]:
         """Per position in an object: the LM-head rows (rescale folded in) and their vocabulary ids.
 
-        Returns ``(key, (weights, ids, folded))``; ``weights[p]`` is (R_p, D), ``ids[p]`` (R_p,)
+        Returns ``(key, (weights, ids, folded, choose))``; ``weights[p]`` is (R_p, D), ``ids[p]`` (R_p,)
         long, ``folded[p]`` the same rows with the final layer norm's weight folded in (for the
-        Triton head kernel; ``None`` with torch kernels). Cached per row set, so a captured graph
-        keeps pointing at live tensors.
+        Triton head kernel; ``None`` with torch kernels), ``choose[p]`` how many leading rows may be
+        chosen (the rest are score-only). Cached per row set, so a captured graph keeps pointing at
+        live tensors.
         """
-        key = (tuple(rows.coord_ids.tolist()), tuple(rows.class_ids.tolist()))
+        key = (
+            tuple(rows.coord_ids.tolist()),
+            tuple(rows.class_ids.tolist()),
+            tuple(rows.score_only_ids.tolist()),
+        )
         if key not in self._row_cache:
             ids = [rows.allowed(p).to(self.device) for p in range(TOKENS_PER_OBJECT)]
             weights = [(self.lm_head.index_select(0, i) * self.head_scale).contiguous() for i in ids]
@@ -846,13 +882,14 @@ class StaticT5Decoder:
             if self.kernels == "triton":
                 ln = self.final_ln.float()
                 folded = [(w.float() * ln).to(self.dtype).contiguous() for w in weights]
-            self._row_cache[key] = (weights, ids, folded)
+            choose = [rows.choosable(p) for p in range(TOKENS_PER_OBJECT)]
+            self._row_cache[key] = (weights, ids, folded, choose)
         return key, self._row_cache[key]
 
     def _object_block(self, do_sample: bool) -> None:
         """Decode one object: 5 steps, each with the head rows its grammar position allows."""
         bsz = self._batch
-        weights, ids, _ = self._active_rows
+        weights, ids, _, choose = self._active_rows
         pos = self.position
         for p in range(TOKENS_PER_OBJECT):
             hidden = self._layers_fn(self.input_ids[:bsz])
@@ -860,15 +897,17 @@ class StaticT5Decoder:
             if p == 0:  # column 0 is EOS, the rest coordinates: the boundary rules of this step
                 logits[:, :1] += self.eos_bias.index_select(0, pos)
                 logits[:, 1:] += self.coord_bias.index_select(0, pos)
-            probs = torch.softmax(logits, dim=-1)
+            probs = torch.softmax(logits, dim=-1)  # the score's softmax (score-only rows included)
+            pickable = logits[:, : choose[p]]
             if do_sample:
-                sorted_p, order = probs.sort(dim=-1, descending=True)
+                pick_probs = probs if choose[p] == logits.shape[1] else torch.softmax(pickable, dim=-1)
+                sorted_p, order = pick_probs.sort(dim=-1, descending=True)
                 keep = (sorted_p.cumsum(-1) - sorted_p) < self.top_p  # the top token always stays
                 noise = torch.empty_like(sorted_p).exponential_(1.0)  # Gumbel-max via exponentials
                 pick = (sorted_p * keep / noise).argmax(-1, keepdim=True)
                 choice = order.gather(1, pick)
             else:
-                choice = logits.argmax(-1, keepdim=True)
+                choice = pickable.argmax(-1, keepdim=True)
             score = probs.gather(1, choice).squeeze(1)
             token = ids[p].index_select(0, choice.squeeze(1))
             done = self.done[:bsz]
@@ -885,14 +924,14 @@ class StaticT5Decoder:
         then one kernel for the grammar rows' logits (final layer norm folded in) and one for the
         pick and every output and state update (:func:`_pick_kernel`)."""
         bsz = self._batch
-        _, ids, folded = self._active_rows
+        _, ids, folded, choose = self._active_rows
         positions = self.positions if self.positions is not None else self.embedding  # any pointer
         for p in range(TOKENS_PER_OBJECT):
             x = self._triton_layers(self.x_next[:bsz])
             logits = _triton_gemv(x, folded[p], norm_eps=self.eps, pdl=self.pdl, out_dtype=torch.float32)
             _pick_kernel[(1,)](
-                logits, logits.shape[1], ids[p], self.temperature, self.eos_bias, self.coord_bias,
-                self.position, self.done, self.input_ids, self.out_ids, self.out_scores,
+                logits, logits.shape[1], choose[p], ids[p], self.temperature, self.eos_bias,
+                self.coord_bias, self.position, self.done, self.input_ids, self.out_ids, self.out_scores,
                 self.out_hidden, x, self.final_ln, self.eps, self.embedding, positions, self.x_next,
                 bsz, self.max_length, self.d_model,
                 BOUNDARY=p == 0, HAS_POSITIONS=self.positions is not None, PAD=PAD_ID, EOS=EOS_ID,
@@ -1034,6 +1073,7 @@ def fast_generate_detection(
     decoder: StaticT5Decoder | None = None,
     dtype: torch.dtype | None = None,
     check_every: int = 4,
+    rank_against_noise: bool = True,
 ) -> FastDecodeOutput:
     """Greedy or nucleus decoding of detection sequences through :class:`StaticT5Decoder`.
 
@@ -1051,6 +1091,7 @@ def fast_generate_detection(
             check_every: see :meth:`StaticT5Decoder.generate_detection`.
         decoder: an engine to reuse (its batch/length limits must fit).
         dtype: engine dtype when building one (defaults to the LM head's dtype).
+        rank_against_noise: class scores against ``<noise>`` too (:meth:`DetectionRows.from_vocab`).
 
     Returns:
         :class:`FastDecodeOutput` on the engine's device.
@@ -1066,7 +1107,7 @@ def fast_generate_detection(
         )
     decoder.prefill(encoder_hidden_states, encoder_attention_mask)
     return decoder.generate_detection(
-        DetectionRows.from_vocab(vocab),
+        DetectionRows.from_vocab(vocab, rank_against_noise=rank_against_noise),
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         top_p=top_p,

@@ -18,8 +18,10 @@ costs one gather per table, whatever the batch size:
 Detection (closed set) has the (5 + 1, V) table of Pix2Seq: states 0–3 are the coordinates
 ``ymin xmin ymax xmax`` (EOS is legal only in state 0, between objects), state 4 the class, state 5
 "done" (only padding). **The** ``<noise>`` **class is never generated**: it exists to teach the model
-to reject bad boxes during training, and a noise detection would be thrown away anyway; excluding it
-renormalizes the class-token probability over real classes, which is the detection score.
+to reject bad boxes during training. It still takes part in the class token's *score* (the
+grammar's ``score_only`` table): an object the model calls noise keeps its most likely real class,
+ranked by that class's probability against noise, so it falls to the bottom of the ranking
+(Pix2Seq's "altered inference"; ``GenerationOptions.rank_against_noise``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Grammar:
         completes_object (`torch.Tensor`): (S,) bool, leaving this state finishes one object.
         done_state (`int`): the absorbing state after EOS (only ``PAD_ID`` legal).
         start_state (`int`, *optional*, defaults to 0).
+        score_only (`torch.Tensor`, *optional*): (S, V) bool, tokens never chosen that still take part
+            in the softmax a chosen token's score is read from (detection's ``<noise>`` at the class).
     """
 
     task: str
@@ -58,6 +62,7 @@ class Grammar:
     completes_object: torch.Tensor
     done_state: int
     start_state: int = 0
+    score_only: torch.Tensor | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -83,6 +88,7 @@ class Grammar:
             next_state=self.next_state.to(device),
             cost_after=self.cost_after.to(device),
             completes_object=self.completes_object.to(device),
+            score_only=None if self.score_only is None else self.score_only.to(device),
         )
 
     def padded_to(self, vocab_size: int) -> Grammar:
@@ -103,6 +109,7 @@ class Grammar:
             allowed=torch.cat([self.allowed, pad_bool], dim=1),
             next_state=torch.cat([self.next_state, pad_state], dim=1),
             cost_after=torch.cat([self.cost_after, pad_cost], dim=1),
+            score_only=None if self.score_only is None else torch.cat([self.score_only, pad_bool], dim=1),
         )
 
 
@@ -144,8 +151,9 @@ def grammar_for(task: str, vocab: PixtokVocab, banned_ids: Sequence[int] = ()) -
 def _grammar_for(task: str, vocab: PixtokVocab, banned_ids: tuple[int, ...]) -> Grammar:
     """The decoding grammar of ``task`` over ``vocab``.
 
-    * ``detection``: ``([ymin xmin ymax xmax] class)* EOS``; class = ``<cls_c>`` (never ``<noise>``),
-      or with ``vocab.open_vocabulary`` one or more text pieces (after them: the next ``ymin`` or EOS).
+    * ``detection``: ``([ymin xmin ymax xmax] class)* EOS``; class = ``<cls_c>`` (never ``<noise>``,
+      which is ``score_only`` there), or with ``vocab.open_vocabulary`` one or more text pieces
+      (after them: the next ``ymin`` or EOS).
     * ``referring``: exactly four coordinates, then EOS.
     * ``caption``, ``region_caption``, ``dense_caption`` (one region caption per proposal): one or
       more text pieces, then EOS — no coordinate, class, noise or task tokens.
@@ -182,7 +190,10 @@ def _grammar_for(task: str, vocab: PixtokVocab, banned_ids: tuple[int, ...]) -> 
             raise ValueError("closed-set detection needs class_names (or open_vocabulary=True)")
         classes = torch.arange(vocab.class_offset, vocab.noise_id)
         edges = [[(coords, 1), (eos, 5)], [(coords, 2)], [(coords, 3)], [(coords, 4)], [(classes, 0)]]
-        return _build(task, edges, completes=[4], v=v)
+        grammar = _build(task, edges, completes=[4], v=v)
+        score_only = torch.zeros_like(grammar.allowed)
+        score_only[4, vocab.noise_id] = True
+        return replace(grammar, score_only=score_only)
     if task == "referring":
         edges = [[(coords, 1)], [(coords, 2)], [(coords, 3)], [(coords, 4)], [(eos, 5)]]
         return _build(task, edges, completes=[3], v=v)
@@ -209,6 +220,11 @@ class GenerationOptions:
             many objects (unless the budget could no longer fit another one).
         max_objects (`int`, *optional*): detection only — EOS is forced after this many objects
             (default: the config's ``max_objects``, 100).
+        rank_against_noise (`bool`, *optional*, defaults to `True`): detection only — a class token's
+            score is its probability in a softmax that also holds ``<noise>`` (never chosen), so an
+            object the model calls noise keeps its most likely real class with a low score (Pix2Seq's
+            altered inference); ``False`` renormalizes the score over the real classes. Tokens and
+            sampling are the same either way.
     """
 
     max_new_tokens: int | None = None
@@ -218,6 +234,7 @@ class GenerationOptions:
     eos_logit_offset: float = 0.0
     min_objects: int = 0
     max_objects: int | None = None
+    rank_against_noise: bool = True
 
     def for_task(self, task: str, max_objects: int = 100) -> GenerationOptions:
         """Fill the ``None`` fields with ``task``'s defaults (``max_objects`` from the config)."""
@@ -259,7 +276,8 @@ class DecodeResult:
     Attributes:
         sequences: (B, T) long, generated ids without the start token, ``PAD_ID`` after EOS.
         token_scores: (B, T) float, probability of each chosen token under the grammar-masked,
-            temperature-scaled softmax (EOS offset included, before nucleus truncation); 0 on padding.
+            temperature-scaled softmax (EOS offset included, before nucleus truncation; with
+            ``rank_against_noise`` the class softmax also holds ``<noise>``); 0 on padding.
         hidden_states: (B, T, D) float, ``hidden_states[:, t]`` is the state that chose token ``t``.
         lengths: (B,) long, tokens up to and including EOS.
     """
@@ -319,6 +337,7 @@ def decode(
     eos_allowed = grammar.allowed[:, EOS_ID]  # (S,) states between objects
     tail = int(grammar.cost_after[grammar.allowed].max()) + 1
     counts_objects = bool(grammar.completes_object.any()) and grammar.task == "detection"
+    rank_against_noise = options.rank_against_noise and grammar.score_only is not None
     # Every object takes at least 5 tokens: when the budget cannot hold more than max_objects of
     # them, the budget rule already enforces the limit and the per-step object check is skipped.
     max_objects = options.max_objects
@@ -354,6 +373,9 @@ def decode(
             chosen = probs.argmax(dim=-1)
         finished = state == done_state
         chosen = chosen.masked_fill(finished, PAD_ID)
+        if rank_against_noise:  # the score's softmax also holds tokens that are never chosen
+            scored = legal | grammar.score_only[state]
+            probs = logits.masked_fill(~scored, float("-inf")).softmax(dim=-1)
         score = probs.gather(1, chosen[:, None]).squeeze(1).masked_fill(finished, 0.0)
         objects = objects + grammar.completes_object[state].long()
         state = grammar.advance(state, chosen)

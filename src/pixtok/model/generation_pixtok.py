@@ -165,7 +165,7 @@ class PixtokGenerationMixin:
             vocab = self.config.vocab
             if task == "detection" and not vocab.open_vocabulary:
                 return engine.generate_detection(
-                    DetectionRows.from_vocab(vocab),
+                    DetectionRows.from_vocab(vocab, rank_against_noise=options.rank_against_noise),
                     max_new_tokens=options.max_new_tokens,
                     do_sample=options.do_sample,
                     top_p=options.top_p,
@@ -195,6 +195,7 @@ class PixtokGenerationMixin:
         top_p: float | None = None,
         temperature: float | None = None,
         eos_logit_offset: float | None = None,
+        rank_against_noise: bool | None = None,
         generator: torch.Generator | None = None,
         image_embeddings: torch.Tensor | None = None,
         fused_features: torch.Tensor | None = None,
@@ -214,7 +215,8 @@ class PixtokGenerationMixin:
                 image_sizes: as in :meth:`forward`.
             task_ids: (B,) index into ``vocab.TASKS``; all equal. Without it the task token leading
                 ``input_ids`` decides.
-            max_new_tokens, do_sample, top_p, temperature, eos_logit_offset: decoding options.
+            max_new_tokens, do_sample, top_p, temperature, eos_logit_offset, rank_against_noise:
+                decoding options (:class:`~.decoding.GenerationOptions`).
             generator: RNG for reproducible sampling.
             image_embeddings, fused_features: cached tower features instead of the pixels.
             decode_engine: decode with the static-cache engine (:meth:`decode_engine`): ``None`` (auto)
@@ -237,6 +239,7 @@ class PixtokGenerationMixin:
             top_p=top_p,
             temperature=1.0 if temperature is None else temperature,
             eos_logit_offset=0.0 if eos_logit_offset is None else eos_logit_offset,
+            rank_against_noise=True if rank_against_noise is None else rank_against_noise,
         ).for_task(task, max_objects=self.config.max_objects)
         positions = self.config.decoder_position_embeddings
         if positions and options.max_new_tokens > positions:

@@ -117,17 +117,23 @@ class Task(ABC):
 
     # --- inference and scoring -------------------------------------------------------------------
     def predict(
-        self, model: Any, processor: Any, examples: Sequence[Example], max_new_tokens: int = 64
+        self,
+        model: Any,
+        processor: Any,
+        examples: Sequence[Example],
+        max_new_tokens: int = 64,
+        **options: Any,
     ) -> list[dict]:
         """Generate for ``examples`` and post-process into this task's output format.
 
-        Decoding options are the model's per-task defaults (``GenerationOptions.for_task``: nucleus
-        sampling for detection, greedy for the text tasks)."""
+        Decoding options not given in ``options`` (``model.generate``'s keywords: ``do_sample``,
+        ``top_p``, ``rank_against_noise`` …) are the model's per-task defaults
+        (``GenerationOptions.for_task``: nucleus sampling for detection, greedy for the text tasks)."""
         import torch
 
         batch = self.collate(examples, processor, with_targets=False).to(model.device)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, **options)
         sizes = [(e.image.height, e.image.width) for e in examples]
         return self.post_process(processor, out, sizes)
 

@@ -1,0 +1,112 @@
+"""One trained detection row, scored under several decoding settings on the same val images.
+
+``run.py`` scores a row with the model's default decoding. This loads the model the row saved
+(``save_pretrained`` in its output folder) and scores the same val examples again under each
+setting, so that decoding choices are compared on one set of weights in one process:
+
+* ``default``: the model's defaults — nucleus sampling at top-p 0.4, class scores ranked against
+  ``<noise>`` (Pix2Seq's altered inference, ``GenerationOptions.rank_against_noise``);
+* ``renormalized``: the same tokens' class scores renormalized over the real classes (pixtok's
+  scoring until the tenth session: an object the model calls noise could rank high);
+* ``greedy`` / ``greedy_renormalized``: argmax decoding with either score.
+
+Sampling draws from a fixed generator seed per setting, so a rerun scores the same.
+
+    PYTHONPATH=src python benchmarks/learning/decoding_sweep.py detection --set data.num_val=500
+    PYTHONPATH=src python benchmarks/learning/decoding_sweep.py detection --device cpu \
+        --set model.preset=tiny --set data.num_val=8 --output-dir /tmp/row   # after a tiny run.py
+
+Writes ``benchmarks/results/learning_<row>_decoding.json`` (``{"benchmark", "device", "date",
+"command", "metrics": {"<setting>/AP": …}}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from run import row_config, rows  # noqa: E402
+
+from timing import RESULTS_DIR, command_line, device_description, write_result  # noqa: E402
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "renormalized": {"rank_against_noise": False},
+    "greedy": {"do_sample": False},
+    "greedy_renormalized": {"do_sample": False, "rank_against_noise": False},
+}
+KEYS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AR100": "AR@100", "APs": "APs", "APm": "APm"}
+
+
+def score(task_data: Any, model: Any, processor: Any, options: dict[str, Any], batch_size: int,
+          max_new_tokens: int, num_val: int, seed: int) -> dict[str, float]:  # fmt: skip
+    """The detection metrics of ``model`` on the row's first ``num_val`` val examples."""
+    examples = task_data.val_examples(num_val)
+    predictions: list[dict] = []
+    torch.manual_seed(seed)  # nucleus sampling draws from the global generator
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        predictions += task_data.task.predict(model, processor, chunk, max_new_tokens, **options)
+    return task_data.task.score(predictions, examples)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("row", help="a detection row: " + ", ".join(r for r in rows() if "detection" in r))
+    parser.add_argument("--output-dir", help="the row's run folder (default: its train.output_dir)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--results", default=str(RESULTS_DIR))
+    args = parser.parse_args(argv)
+
+    from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+    from pixtok.model.processing_pixtok import PixtokProcessor
+    from pixtok.training.recipe import prepare
+
+    overrides = {"train.output_dir": args.output_dir}
+    overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
+    recipe = row_config(args.row, overrides)
+    if "detection" not in recipe.tasks:
+        parser.error(f"row {args.row!r} has no detection task")
+    out_dir = Path(recipe.train.output_dir)
+    if not (out_dir / "config.json").is_file():
+        parser.error(f"{out_dir} holds no saved model: run benchmarks/learning/run.py {args.row} first")
+    _, _, tasks = prepare(recipe)  # the row's val split (its freshly built model is dropped)
+    data = next(t for t in tasks if t.task.name == "detection")
+    model = PixtokForConditionalGeneration.from_pretrained(out_dir).to(args.device).eval()
+    processor = PixtokProcessor.from_pretrained(out_dir)
+    metrics: dict[str, float] = {}
+    for name, options in SETTINGS.items():
+        found = score(
+            data, model, processor, options, args.batch_size, recipe.train.max_new_tokens,
+            recipe.data.num_val, recipe.train.seed,
+        )  # fmt: skip
+        for key, label in KEYS.items():
+            if key in found:
+                metrics[f"{name}/{label}"] = float(found[key])
+        shown = (f"{label} {found[key]:.3f}" for key, label in KEYS.items() if key in found)
+        print(f"{name:>20s}  " + "  ".join(shown))
+    device = device_description(torch.device(args.device))
+    return write_result(
+        Path(args.results) / f"learning_{args.row}_decoding.json",
+        f"learning_{args.row}_decoding",
+        device,
+        command_line(),
+        metrics,
+        settings=SETTINGS,
+        num_val=recipe.data.num_val,
+        model=str(out_dir),
+    )
+
+
+if __name__ == "__main__":
+    main()
