@@ -4,11 +4,13 @@
 (``save_pretrained`` in its output folder) and scores the same val examples again under each
 setting, so that decoding choices are compared on one set of weights in one process:
 
-* ``default``: the model's defaults — nucleus sampling at top-p 0.4, class scores ranked against
-  ``<noise>`` (Pix2Seq's altered inference, ``GenerationOptions.rank_against_noise``);
-* ``renormalized``: the same tokens' class scores renormalized over the real classes (pixtok's
+* ``nucleus``: the model's defaults — nucleus sampling at top-p 0.4 (Pix2Seq's), class scores
+  ranked against ``<noise>`` (Pix2Seq's altered inference, ``GenerationOptions.rank_against_noise``);
+* ``nucleus_renormalized``: the same with class scores renormalized over the real classes (pixtok's
   scoring until the tenth session: an object the model calls noise could rank high);
 * ``greedy`` / ``greedy_renormalized``: argmax decoding with either score.
+
+Each setting names every option it sets, so the row's own ``generate`` task option does not apply.
 
 Sampling draws from a fixed generator seed per setting, so a rerun scores the same.
 
@@ -17,7 +19,8 @@ Sampling draws from a fixed generator seed per setting, so a rerun scores the sa
         --set model.preset=tiny --set data.num_val=8 --output-dir /tmp/row   # after a tiny run.py
 
 Writes ``benchmarks/results/learning_<row>_decoding.json`` (``{"benchmark", "device", "date",
-"command", "metrics": {"<setting>/AP": …}}``).
+"command", "metrics": {"<setting>/AP": …}}``). The tenth session's file names the first two settings
+``default`` and ``renormalized``.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ from run import row_config, rows  # noqa: E402
 from timing import RESULTS_DIR, command_line, device_description, write_result  # noqa: E402
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "renormalized": {"rank_against_noise": False},
-    "greedy": {"do_sample": False},
+    "nucleus": {"do_sample": True, "top_p": 0.4, "rank_against_noise": True},
+    "nucleus_renormalized": {"do_sample": True, "top_p": 0.4, "rank_against_noise": False},
+    "greedy": {"do_sample": False, "rank_against_noise": True},
     "greedy_renormalized": {"do_sample": False, "rank_against_noise": False},
 }
 KEYS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AR100": "AR@100", "APs": "APs", "APm": "APm"}

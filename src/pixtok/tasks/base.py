@@ -45,13 +45,20 @@ class Example:
     image_id: str = ""
 
 
+GENERATE_OPTIONS = ("do_sample", "top_p", "temperature", "eos_logit_offset", "rank_against_noise")
+"""The decoding keywords of ``model.generate`` a task's ``generate`` option may set."""
+
+
 class Task(ABC):
     """Base class of every pixtok task.
 
     Args:
         augment: apply :mod:`pixtok.data.augment`'s training augmentation (geometry moves with pixels).
         image_size: the augmentation's output size (large-scale jitter target), or ``None`` to keep sizes.
-        **options: task options from the recipe file (kept in ``self.options``).
+        **options: task options from the recipe file (kept in ``self.options``). Every task reads
+            ``generate``: ``model.generate`` keywords its evaluation decodes with (one of
+            :data:`GENERATE_OPTIONS`, e.g. ``{do_sample: false}``); the model's per-task defaults
+            fill the rest.
     """
 
     name: ClassVar[str]
@@ -73,6 +80,12 @@ class Task(ABC):
         self.augment = augment
         self.image_size = image_size
         self.options = options
+        generate = options.get("generate", {})
+        if not isinstance(generate, dict) or set(generate) - set(GENERATE_OPTIONS):
+            raise ValueError(
+                f"task {self.name!r}: option 'generate' must map some of {', '.join(GENERATE_OPTIONS)} "
+                f"to values, got {generate!r}"
+            )
 
     def bind(self, model_config: Any) -> None:  # noqa: B027 - an optional hook, no-op by default
         """Called once the model exists, for tasks whose examples depend on its config."""
@@ -126,11 +139,12 @@ class Task(ABC):
     ) -> list[dict]:
         """Generate for ``examples`` and post-process into this task's output format.
 
-        Decoding options not given in ``options`` (``model.generate``'s keywords: ``do_sample``,
-        ``top_p``, ``rank_against_noise`` …) are the model's per-task defaults
+        Decoding options (``model.generate``'s keywords, :data:`GENERATE_OPTIONS`): ``options``, then
+        the task's ``generate`` option, then the model's per-task defaults
         (``GenerationOptions.for_task``: nucleus sampling for detection, greedy for the text tasks)."""
         import torch
 
+        options = {**self.options.get("generate", {}), **options}
         batch = self.collate(examples, processor, with_targets=False).to(model.device)
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, **options)
@@ -175,4 +189,4 @@ class Task(ABC):
         """Metrics of ``predictions`` against ``examples[i].reference``."""
 
 
-__all__ = ["Example", "Task"]
+__all__ = ["GENERATE_OPTIONS", "Example", "Task"]

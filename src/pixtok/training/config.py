@@ -127,6 +127,14 @@ class TrainSection:
             the learning-rate schedule still spans ``max_steps``, so set both). The minutes are
             the whole run's: a resumed run starts with its checkpoint's training time (periodic
             evaluation and checkpointing do not count). ``None``: no limit.
+        ddp_find_unused: DDP's ``find_unused_parameters`` (other setups ignore it). ``auto`` runs
+            one training micro-batch of each task before training, turns off the parameters no
+            task trains (the other tasks' heads) and searches for unused parameters every step
+            only if the tasks train different parameters (:mod:`pixtok.training.unused_parameters`;
+            a task whose batches compute different losses then stops the run with a message).
+            ``true``: always search, nothing turned off; ``false``: never search (every trainable
+            parameter must get a gradient in every micro-batch). Checkpoints resume under any
+            setting.
     """
 
     max_steps: int = 300
@@ -156,6 +164,7 @@ class TrainSection:
     compile: bool | str = False
     pad_to_multiple_of: int | None = None
     time_limit_minutes: float | None = None
+    ddp_find_unused: bool | str = "auto"
 
 
 @dataclass
@@ -213,6 +222,8 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
                 raise ConfigError(f"{where}.{name}: expected no | fp16 | bf16 | fp8, got {value!r}")
         if name == "lr_scales":
             value = _lr_scales(value, f"{where}.{name}")
+        if name == "ddp_find_unused" and not (value == "auto" or isinstance(value, bool)):
+            raise ConfigError(f"{where}.{name}: expected auto | true | false, got {value!r}")
         if name == "pad_to_multiple_of" and value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}.{name}: expected a positive integer or null, got {value!r}")
         kwargs[name] = value

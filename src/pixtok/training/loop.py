@@ -30,6 +30,9 @@ With several processes (``accelerate launch``, ``recipes/accelerate/ddp.yaml`` /
   itself under DDP; under FSDP a full copy kept on the main process (made before sharding) into
   which every process gathers ``accelerator.get_state_dict(model)`` — a collective;
 * checkpoints (``save_state``) are written by every process (FSDP: sharded).
+* DDP (``train.ddp_find_unused: auto``): before training, one micro-batch of each task finds the
+  parameters no task trains, which are frozen, and whether every task trains the same ones, in
+  which case DDP runs without ``find_unused_parameters`` (:mod:`pixtok.training.unused_parameters`).
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ from accelerate import Accelerator
 from ..tasks.base import Example, Task
 from .checkpoint import read_state, resolve_checkpoint, save_checkpoint
 from .compilation import compile_options, compile_repeated_blocks, eager, step_begin
-from .config import ConfigError, RecipeConfig
+from .config import ConfigError, RecipeConfig, TrainSection
 from .feature_cache import FeatureCache, check_cacheable
 from .sampling import SampleStream, TaskMixture, sample_rng
+from .unused_parameters import freeze, probe
 
 
 @dataclass
@@ -129,6 +133,21 @@ class BatchMaker:
         )
         batch["_image_keys"] = [(data.source, e.image_id, *getattr(e.image, "size", ())) for e in examples]
         return t, batch
+
+
+def _probe_batches(
+    tasks: Sequence[TaskData], processor: Any, cfg: TrainSection
+) -> list[tuple[str, dict[str, Any]]]:
+    """Each task's first training micro-batch (``cfg.batch_size`` samples), made with a one-task
+    mixture of its own so that the run's mixture and data stream are untouched."""
+    batches = []
+    for data in tasks:
+        mixture = TaskMixture([len(data.train_items)], [1.0], cfg.seed)
+        maker = BatchMaker([data], processor, mixture, cfg.pad_to_multiple_of)
+        _, batch = maker(0, list(range(cfg.batch_size)))
+        batch.pop("_image_keys", None)
+        batches.append((data.task.name, batch))
+    return batches
 
 
 def _cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float):
@@ -249,13 +268,15 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     """
     cfg = recipe.train
     out_dir = Path(cfg.output_dir)
+    # a micro-batch trains one task's heads: the others' parameters get no gradient in it, so DDP
+    # searches for them unless the probe below finds that every task trains the same parameters
+    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused is not False)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with="tensorboard",
         project_dir=str(out_dir),
-        # a micro-batch trains one task's heads: the others' parameters get no gradient in it
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[ddp_kwargs],
     )
     set_seed(cfg.seed)
 
@@ -286,6 +307,22 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     full_copy = copy.deepcopy(model).cpu() if sharded and accelerator.is_main_process else None
     if sharded:
         _merge_tied_embeddings(model)
+    ddp = accelerator.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+    probed = None
+    if ddp and cfg.ddp_find_unused == "auto":
+        # on the eager model, before compiling; every process probes the same micro-batches, so
+        # every process takes the same decision
+        probed = probe(
+            model.to(accelerator.device),
+            _probe_batches(tasks, processor, cfg),
+            accelerator.device,
+            accelerator.autocast,
+            LOSS_NAMES,
+        )
+        ddp_kwargs.find_unused_parameters = not probed.static
+    if ddp:
+        why = probed.verdict if probed is not None else "train.ddp_find_unused"
+        accelerator.print(f"DDP find_unused_parameters={ddp_kwargs.find_unused_parameters}: {why}")
     compiling: dict[str, str] = {}
     if cfg.compile:
         compiling = compile_options(cfg.compile)
@@ -299,6 +336,10 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         how = ", ".join(f"{k} {v}" for k, v in compiling.items()) or "inductor"
         accelerator.print(f"compiled {compiled} repeated blocks in place (torch.compile: {how})")
     groups = _param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.lr_scales)
+    if probed is not None:
+        # after the groups are built: they, and so the optimizer's checkpoints, stay those of any
+        # other setting (a frozen parameter in a group never has a gradient, which AdamW skips)
+        accelerator.print(freeze(model, probed.unused))
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.betas))
     scheduler = _cosine_schedule(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -391,6 +432,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 else finite
             )
             if float(finite.min()) == 1.0:
+                if probed is not None:
+                    probed.check(task_index, out, step + 1)
                 accelerator.backward(loss)
                 for i, name in enumerate(LOSS_NAMES):
                     value = getattr(out, name, None)
