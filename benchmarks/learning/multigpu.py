@@ -6,7 +6,9 @@ global batch within run-to-run noise, and throughput is ≥ 1.8× one GPU. One c
 machine runs, at global batch ``B`` for ``--steps`` steps:
 
 1. two 1-GPU runs, seeds 0 and 1 (the run-to-run noise), concurrently, one per GPU
-   (``CUDA_VISIBLE_DEVICES``; ``--sequential-baseline`` runs them one after the other instead);
+   (``CUDA_VISIBLE_DEVICES``; ``--sequential-baseline`` runs them one after the other instead;
+   ``--baseline-accumulation 2`` gives each the global batch as two accumulated micro-batches of the
+   2-GPU runs' per-GPU size, for a global batch one GPU cannot hold at once);
 2. a 2-GPU DDP run, ``accelerate launch --config_file recipes/accelerate/ddp.yaml``, ``B/2`` per
    process, seed 0;
 3. a 2-GPU FSDP2 run, ``recipes/accelerate/fsdp.yaml``, the same;
@@ -182,13 +184,17 @@ def build_runs(opts: argparse.Namespace, script: Path, fixed: list[str], work: P
     for name in RUNS:
         out = work / name
         seed = 1 if name == "seed1" else 0
-        batch = opts.batch_size if name.startswith("seed") else per_gpu
+        settings: dict[str, Any] = {"train.max_steps": opts.steps, "train.batch_size": per_gpu}
+        if name.startswith("seed"):  # one GPU, the same global batch: whole, or in accumulated parts
+            accumulation = opts.baseline_accumulation
+            settings["train.batch_size"] = opts.batch_size // accumulation
+            if accumulation > 1:
+                settings["train.gradient_accumulation_steps"] = accumulation
         trainer_args = [*fixed, "--output-dir", str(out)]
         if is_learning_runner(script):
             trainer_args += ["--results", str(out / "results")]  # never the repo's learning_<row>.json
         for key, value in {
-            "train.max_steps": opts.steps,
-            "train.batch_size": batch,
+            **settings,
             "train.seed": seed,
             "train.log_every": opts.log_every,
         }.items():
@@ -550,6 +556,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", default=",".join(RUNS), help=f"subset of {','.join(RUNS)} to (re)run")
     parser.add_argument("--reuse", action="store_true", help="keep runs whose metrics.json exists in --work")
     parser.add_argument("--sequential-baseline", action="store_true", help="1-GPU runs one after the other")
+    parser.add_argument(
+        "--baseline-accumulation",
+        type=int,
+        default=1,
+        help="1-GPU runs take the global batch in this many accumulated micro-batches (2: the 2-GPU "
+        "runs' per-GPU batch, for a global batch one GPU cannot hold at once)",
+    )
     parser.add_argument("--work", default=str(ROOT / "outputs" / "multigpu"), help="run folders")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="JSON + PNG go here")
     parser.add_argument("--out", help="also copy JSON + PNG here, with a tar.gz of everything")
@@ -593,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         opts.batch_size = recipe.train.batch_size
     if opts.batch_size % 2:
         raise SystemExit(f"error: --batch-size {opts.batch_size} is odd: 2 GPUs take half each")
+    if opts.baseline_accumulation < 1 or opts.batch_size % opts.baseline_accumulation:
+        raise SystemExit(
+            f"error: --baseline-accumulation {opts.baseline_accumulation} must divide --batch-size {opts.batch_size}"
+        )
     work = Path(opts.work)
     runs = build_runs(opts, script, fixed, work)
     wanted = [n for n in opts.runs.split(",") if n]
@@ -638,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": opts.steps,
             "global_batch_size": opts.batch_size,
             "per_process_batch_size_2gpu": opts.batch_size // 2,
+            "baseline_accumulation": opts.baseline_accumulation,
             "warmup_steps_excluded": opts.warmup,
             "log_every": opts.log_every,
             "baseline": "sequential" if opts.sequential_baseline else "concurrent (one 1-GPU run per GPU)",
