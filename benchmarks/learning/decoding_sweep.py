@@ -18,7 +18,7 @@ Sampling draws from a fixed generator seed per setting, so a rerun scores the sa
     PYTHONPATH=src python benchmarks/learning/decoding_sweep.py detection --device cpu \
         --set model.preset=tiny --set data.num_val=8 --output-dir /tmp/row   # after a tiny run.py
 
-Writes ``benchmarks/results/learning_<row>_decoding.json`` (``{"benchmark", "device", "date",
+Writes ``benchmarks/results/decoding_sweep_<row>.json`` (``{"benchmark", "device", "date",
 "command", "metrics": {"<setting>/AP": …}}``). The tenth session's file names the first two settings
 ``default`` and ``renormalized``.
 """
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name:>20s}  " + "  ".join(shown))
     device = device_description(torch.device(args.device))
     return write_result(
-        Path(args.results) / f"learning_{args.row}_decoding.json",
-        f"learning_{args.row}_decoding",
+        Path(args.results) / f"decoding_sweep_{args.row}.json",
+        f"decoding_sweep_{args.row}",
         device,
         command_line(),
         metrics,
