@@ -75,10 +75,11 @@ def test_padding_points_may_hold_any_value(model) -> None:
 
 def test_token_ids_outside_the_vocabulary_are_rejected(model) -> None:
     batch = full_batch(model.config)
-    batch["input_ids"][0, 1] = model.config.text_config.vocab_size
-    with pytest.raises(
-        ValueError, match=rf"token ids must be in \[0, {model.config.text_config.vocab_size}\)"
-    ):
+    # the first id past the real vocabulary: an embedding row of the padded head, still no token
+    vocab_size = model.config.vocab.size
+    assert vocab_size < model.config.text_config.vocab_size
+    batch["input_ids"][0, 1] = vocab_size
+    with pytest.raises(ValueError, match=rf"token ids must be in \[0, {vocab_size}\)"):
         model(**batch)
 
 

@@ -10,19 +10,22 @@ from pixtok.model.vocab import TASKS, vocab_from_config
 
 
 def test_text_vocab_is_derived_from_the_token_space() -> None:
-    config = PixtokConfig.from_preset("tiny")
+    config = PixtokConfig.from_preset("tiny", pad_vocab_to_multiple_of=1)
     vocab = vocab_from_config(config)
     assert config.text_config.vocab_size == vocab.size == 2048 + 1000 + 80 + 1 + len(TASKS)
     assert (config.text_config.pad_token_id, config.text_config.eos_token_id) == (0, 1)
     assert config.text_config.decoder_start_token_id == 0
     # a user-supplied vocab_size cannot break the one source of truth
     other = PixtokConfig.from_preset("tiny", text_config={"vocab_size": 7}, num_bins=500)
-    assert other.text_config.vocab_size == vocab_from_config(other).size == 2048 + 500 + 80 + 1 + len(TASKS)
+    size = vocab_from_config(other).size
+    assert size == 2048 + 500 + 80 + 1 + len(TASKS)
+    assert other.text_config.vocab_size == -(-size // 64) * 64  # the preset pads to a multiple of 64
 
 
 def test_open_vocabulary_drops_class_tokens() -> None:
     config = PixtokConfig.from_preset("tiny", open_vocabulary=True)
-    assert config.text_config.vocab_size == 2048 + 1000 + 1 + len(TASKS)
+    assert config.vocab.size == 2048 + 1000 + 1 + len(TASKS)
+    assert config.text_config.vocab_size == 3072  # padded to a multiple of 64
 
 
 def test_prompt_encoder_follows_the_sam_tower() -> None:

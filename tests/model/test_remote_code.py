@@ -146,7 +146,9 @@ def test_model_card_is_written_locally(tmp_path) -> None:
     counts = model.parameter_counts()
     assert "# someone/pixtok-tiny" in body
     assert f"{counts['total'] / 1e6:.2f} M" in body
-    assert f"Vocabulary: {model.config.text_config.vocab_size} ids" in body
+    assert f"Vocabulary: {model.config.vocab.size} ids" in body
+    # the tiny preset pads the LM head to a multiple of 64 (3135 ids -> 3136 rows); the card says so
+    assert f"LM head have {model.config.text_config.vocab_size} rows" in body
     assert 'from_pretrained("someone/pixtok-tiny", trust_remote_code=True)' in body
 
 

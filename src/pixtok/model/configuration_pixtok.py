@@ -4,12 +4,14 @@
 decoder keep transformers' own SAM configs, the EVA02 tower its :class:`PixtokEva02Config`, the
 language model a plain :class:`~transformers.T5Config`, and the prompt feature extractor the small
 :class:`PixtokPromptExtractorConfig` below. Numbers that one part dictates to another are derived
-here, never repeated: the T5 vocabulary size is ``vocab_from_config(config).size``, the prompt
-encoder's image and patch size are the SAM tower's, and its width is the SAM neck's.
+here, never repeated: the T5 vocabulary size is ``vocab_from_config(config).size`` (rounded up to
+``pad_vocab_to_multiple_of``), the prompt encoder's image and patch size are the SAM tower's, and
+its width is the SAM neck's.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from transformers import PretrainedConfig, T5Config
@@ -152,7 +154,8 @@ class PixtokConfig(PretrainedConfig):
             EVA02 tower. Its ``img_size`` is the processor's ``E`` (``eva_pixel_values`` side).
         text_config (`dict` or `T5Config`, *optional*):
             The T5 encoder-decoder. ``vocab_size``, ``pad_token_id``, ``eos_token_id`` and
-            ``decoder_start_token_id`` are derived from the pixtok vocabulary and overwritten.
+            ``decoder_start_token_id`` are derived from the pixtok vocabulary and overwritten
+            (``vocab_size`` is ``vocab.size`` rounded up to ``pad_vocab_to_multiple_of``).
         extractor_config (`dict` or `PixtokPromptExtractorConfig`, *optional*):
             Prompt feature extractor (depth, 32 learnable tokens, width, heads, MLP width).
         num_bins (`int`, *optional*, defaults to 1000):
@@ -166,6 +169,13 @@ class PixtokConfig(PretrainedConfig):
             Write detection classes as text instead of ``<cls_c>`` tokens.
         id2label (`dict[int, str]`, *optional*, defaults to the 80 COCO classes):
             Closed-set class names, one ``<cls_c>`` token each.
+        pad_vocab_to_multiple_of (`int`, *optional*, defaults to 1):
+            Round the T5's embedding / LM-head rows (``text_config.vocab_size``) up to a multiple of
+            this, as ``resize_token_embeddings(pad_to_multiple_of=...)`` does: an LM-head GEMM whose
+            width is a multiple of 64 runs on the GPU's fast kernels, an odd one (``base``'s 33187)
+            on slow ones. The extra ids past ``vocab.size`` are never tokens: the tokenizer never
+            produces them, decoding grammars never allow them and the LM loss leaves their logits
+            out. 1: no padding (the T5 has exactly ``vocab.size`` rows).
         max_objects (`int`, *optional*, defaults to 100):
             Most objects a detection sequence holds (decode budget ``5 * max_objects + 1``).
         decoder_position_embeddings (`int`, *optional*, defaults to 0):
@@ -255,6 +265,7 @@ class PixtokConfig(PretrainedConfig):
         num_sentinel_tokens: int | None = None,
         open_vocabulary: bool = False,
         id2label: dict[int, str] | None = None,
+        pad_vocab_to_multiple_of: int = 1,
         max_objects: int = 100,
         decoder_position_embeddings: int = 0,
         text_embedding_init_std: float | None = None,
@@ -320,6 +331,15 @@ class PixtokConfig(PretrainedConfig):
             num_sentinel_tokens = 100 if base_vocab_size == 32100 else 0
         self.num_sentinel_tokens = num_sentinel_tokens
         self.open_vocabulary = open_vocabulary
+        if (
+            isinstance(pad_vocab_to_multiple_of, bool)
+            or not isinstance(pad_vocab_to_multiple_of, numbers.Integral)
+            or pad_vocab_to_multiple_of < 1
+        ):
+            raise ValueError(
+                f"pad_vocab_to_multiple_of must be a positive int (1: no padding), got {pad_vocab_to_multiple_of!r}"
+            )
+        self.pad_vocab_to_multiple_of = int(pad_vocab_to_multiple_of)
         self.max_objects = max_objects
         if decoder_position_embeddings < 0:
             raise ValueError(f"decoder_position_embeddings must be >= 0, got {decoder_position_embeddings}")
@@ -358,12 +378,13 @@ class PixtokConfig(PretrainedConfig):
         if id2label is not None:
             id2label = {int(k): v for k, v in id2label.items()}
         # Derived before the base class runs, so that it reaches every sub-config (attention
-        # implementation, dtype): the text vocabulary is the pixtok token space's size.
+        # implementation, dtype): the text vocabulary is the pixtok token space's size, padded.
         self.id2label = id2label
         vocab = vocab_from_config(self)
         text = self.text_config_dict(text_config)
+        multiple = self.pad_vocab_to_multiple_of
         text.update(
-            vocab_size=vocab.size,
+            vocab_size=-(-vocab.size // multiple) * multiple,
             pad_token_id=PAD_ID,
             eos_token_id=EOS_ID,
             decoder_start_token_id=DECODER_START_ID,

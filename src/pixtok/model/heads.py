@@ -96,6 +96,7 @@ def weighted_lm_loss(
     labels: torch.Tensor,
     weights: torch.Tensor,
     label_smoothing: float,
+    num_classes: int | None = None,
 ) -> torch.Tensor:
     """Label-smoothed cross-entropy, weighted per token, normalized by the valid-token weight.
 
@@ -104,11 +105,18 @@ def weighted_lm_loss(
         labels: (B, T) long, -100 where there is no target.
         weights: (B, T) float per-token weights (Pix2Seq: 0 on noise coordinates, 0.1 on EOS).
         label_smoothing: smoothing mass spread over the vocabulary.
+        num_classes: the real vocabulary size when the LM head is padded past it
+            (``config.pad_vocab_to_multiple_of``): only the first ``num_classes`` logits take part,
+            so the padded ids get neither probability nor smoothing mass and the loss is that of
+            the unpadded head. `None`: all ``V``.
 
     Returns:
         scalar ``sum(w * ce) / sum(w)`` over tokens with a target (0 when no token has weight).
     """
     valid = labels != -100
+    if num_classes is not None and num_classes < logits.shape[-1]:
+        # sliced before the float copy, so bf16 logits are still copied once
+        logits = logits[..., :num_classes]
     ce = F.cross_entropy(
         logits.float().flatten(0, 1),
         labels.clamp(min=0).flatten(),

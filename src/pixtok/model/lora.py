@@ -112,7 +112,8 @@ class AddedTokenRows(nn.Module):
 
     Args:
         base_vocab_size: first id pixtok adds.
-        vocab_size: total ids (the T5's ``vocab_size``).
+        vocab_size: total ids (the T5's ``vocab_size``: with ``pad_vocab_to_multiple_of`` it counts the
+            padding rows past the last real id, whose deltas get no gradient).
         hidden_size: T5 ``d_model``.
     """
 

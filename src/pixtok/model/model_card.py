@@ -90,8 +90,14 @@ class PixtokHubMixin:
             f"| **total** (trainable {billions(counts['trainable'])}) | | {billions(counts['total'])} |",
             "",
             f"Vocabulary: {vocab.size} ids = {vocab.base_vocab_size} base T5 pieces + {vocab.num_bins} coordinate "
-            f"bins + {vocab.num_classes} class tokens + noise + {len(TASKS)} task tokens. Coordinates are "
-            "normalized to the padded square input (x / max(h, w)).",
+            f"bins + {vocab.num_classes} class tokens + noise + {len(TASKS)} task tokens"
+            + (
+                f" (the T5's embedding and LM head have {t5.vocab_size} rows, padded to a multiple of "
+                f"{config.pad_vocab_to_multiple_of}; the extra ids are never emitted)"
+                if t5.vocab_size != vocab.size
+                else ""
+            )
+            + ". Coordinates are normalized to the padded square input (x / max(h, w)).",
             "",
             "## Use",
             "",

@@ -67,7 +67,9 @@ class PixtokModelOutput(ModelOutput):
     """Output of :class:`PixtokModel`.
 
     Attributes:
-        logits: (B, T, V) LM logits, or `None` when no decoder input was given.
+        logits: (B, T, V) LM logits, or `None` when no decoder input was given; V is
+            ``text_config.vocab_size``, so with ``pad_vocab_to_multiple_of`` the columns past
+            ``config.vocab.size`` are padding, never a token.
         decoder_hidden_states: (B, T, d_model) last decoder states (after T5's final norm).
         encoder_last_hidden_state: (B, P + Lp, d_model), P = extractor_config.prefix_length.
         encoder_attention_mask: (B, P + Lp) long.
@@ -96,7 +98,7 @@ class PixtokOutput(ModelOutput):
     Attributes:
         loss: scalar total.
         lm_loss, trace_loss, box_loss, mask_loss, proposal_loss: scalars or `None`.
-        logits: (B, T, V).
+        logits: (B, T, V), V = ``text_config.vocab_size`` (padding columns past ``vocab.size``).
         points: (B, T, 2) xy model space, one per decoder position.
         pred_boxes: (B, 4) xyxy model space, from the first output step's state.
         pred_masks: (B, 1, 4g, 4g) mask logits (only when mask targets were given).
@@ -306,12 +308,14 @@ class PixtokModel(PixtokPreTrainedModel):
 
         ``check`` validates the id range (one host sync); the decode loop's grammar-chosen ids skip it.
         """
-        vocab_size = self.config.text_config.vocab_size
-        if check and input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-            raise ValueError(
-                f"token ids must be in [0, {vocab_size}) (the pixtok vocabulary), got range "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
+        if check and input_ids.numel():
+            # the real vocabulary: ids past it (the rows pad_vocab_to_multiple_of adds) are no tokens
+            vocab_size = self.config.vocab.size
+            if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size:
+                raise ValueError(
+                    f"token ids must be in [0, {vocab_size}) (the pixtok vocabulary), got range "
+                    f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+                )
         embeddings = self.text_model.get_input_embeddings()(input_ids)
         if self.added_tokens is not None:
             embeddings = self.added_tokens.embed(input_ids, embeddings)
@@ -785,7 +789,7 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
                 label_weights = torch.where(labels == EOS_ID, config.eos_weight, 1.0).to(logits.dtype)
             if bool((labels != -100).any()):
                 losses["lm_loss"] = config.lm_loss_weight * weighted_lm_loss(
-                    logits, labels, label_weights, config.label_smoothing
+                    logits, labels, label_weights, config.label_smoothing, num_classes=config.vocab.size
                 )
         if point_targets is not None and points is not None:
             mask = point_mask.bool() if point_mask is not None else torch.isfinite(point_targets).all(-1)

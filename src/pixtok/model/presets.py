@@ -2,7 +2,10 @@
 
 Each preset is a dict of :class:`~.configuration_pixtok.PixtokConfig` keyword arguments. Only this
 module knows the sizes; :meth:`PixtokConfig.from_preset` merges a preset with the caller's overrides.
-Sub-config entries are plain dicts of the matching config class's keyword arguments.
+Sub-config entries are plain dicts of the matching config class's keyword arguments. Every preset
+rounds the T5's embedding / LM-head rows up to a multiple of 64 (``pad_vocab_to_multiple_of``:
+T5-base's 33187-id head becomes 33216 rows, the tiny tokenizer's 3135 ids 3136), so the LM-head
+GEMMs run on the GPU's aligned kernels; the extra ids are never tokens.
 
 - ``tiny``: every part real but small, so that a training step for every head runs on a 2-core CPU
   in seconds. SAM at 128 px with 16 px patches (8 x 8 grid, 32 x 32 masks = S / 4), EVA02 at
@@ -150,6 +153,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "trace_head_hidden_size": 64,
         "box_head_hidden_size": 64,
         "proposal_head_hidden_size": 32,
+        "pad_vocab_to_multiple_of": 64,
         "lora_r": 4,
         "lora_alpha": 8,
         "tokenizer_name_or_path": "pixtok-tiny",
@@ -220,6 +224,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "trace_head_hidden_size": 256,
         "box_head_hidden_size": 256,
         "proposal_head_hidden_size": 128,
+        "pad_vocab_to_multiple_of": 64,
         "lora_r": 8,
         "lora_alpha": 16,
         "tokenizer_name_or_path": "pixtok-tiny",
@@ -237,6 +242,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "base_vocab_size": T5_BASE_VOCAB_SIZE,
         "id2label": dict(enumerate(COCO_CLASSES)),
+        "pad_vocab_to_multiple_of": 64,
         "lora_r": 16,
         "lora_alpha": 32,
         "tokenizer_name_or_path": "google-t5/t5-base",
@@ -254,6 +260,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "base_vocab_size": T5_BASE_VOCAB_SIZE,
         "id2label": dict(enumerate(COCO_CLASSES)),
+        "pad_vocab_to_multiple_of": 64,
         "lora_r": 32,
         "lora_alpha": 64,
         "tokenizer_name_or_path": "google/flan-t5-large",
@@ -271,6 +278,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "base_vocab_size": T5_BASE_VOCAB_SIZE,
         "id2label": dict(enumerate(COCO_CLASSES)),
+        "pad_vocab_to_multiple_of": 64,
         "lora_r": 32,
         "lora_alpha": 64,
         "tokenizer_name_or_path": "google/flan-t5-xl",
