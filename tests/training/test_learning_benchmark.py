@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pixtok.tasks import build_task
 from pixtok.training.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,16 @@ def test_every_row_config_is_valid_and_names_its_headlines(row):
     assert base in run.HEADLINES, "a row without headline keys would write an empty result"
     assert set(run.HEADLINES[base]) == set(recipe.tasks)
     assert recipe.train.output_dir == f"outputs/learning/{row}"  # rows never share a run folder
+    for name, options in recipe.tasks.items():  # task options (generate, augmentation) are valid
+        build_task(name, **{k: v for k, v in options.items() if k not in ("weight", "data")})
+
+
+def test_augmentation_variants_reach_the_task():
+    run = _module("run")
+    recipe = run.row_config("referring_no_crop")
+    task = build_task("referring", **recipe.tasks["referring"])
+    assert task.augmentation == {"scale_range": (0.6, 1.0)}
+    assert build_task("referring", **run.row_config("referring").tasks["referring"]).augmentation == {}
 
 
 def test_variant_rows_are_their_file_with_overrides():

@@ -48,6 +48,34 @@ class Example:
 GENERATE_OPTIONS = ("do_sample", "top_p", "temperature", "eos_logit_offset", "rank_against_noise")
 """The decoding keywords of ``model.generate`` a task's ``generate`` option may set."""
 
+AUGMENTATION_OPTIONS = ("scale_range", "flip_prob", "color_jitter")
+"""The :class:`~pixtok.data.augment.AugmentConfig` fields a task's ``augmentation`` option may set."""
+
+
+def _augmentation_settings(task: str, settings: Any) -> dict[str, Any]:
+    """A task's ``augmentation`` option, checked (keys and values) and with ``scale_range`` a tuple."""
+    from ..data.augment import AugmentConfig
+
+    if not isinstance(settings, dict) or set(settings) - set(AUGMENTATION_OPTIONS):
+        raise ValueError(
+            f"task {task!r}: option 'augmentation' must map some of {', '.join(AUGMENTATION_OPTIONS)} "
+            f"to values, got {settings!r}"
+        )
+    settings = dict(settings)
+    if "scale_range" in settings:
+        scale = settings["scale_range"]
+        if not isinstance(scale, (list, tuple)) or len(scale) != 2:
+            raise ValueError(f"task {task!r}: augmentation.scale_range must be [low, high], got {scale!r}")
+        settings["scale_range"] = (float(scale[0]), float(scale[1]))
+    AugmentConfig(**settings)  # range checks: raises ValueError with the allowed ranges
+    return settings
+
+
+AUGMENT_ATTEMPTS = 10
+"""Draws :meth:`Task.augment_image` makes with ``keep_boxes`` before it only resizes the image."""
+
+_RESIZE_ONLY = {"scale_range": (1.0, 1.0), "flip_prob": 0.0, "color_jitter": 0.0}
+
 
 class Task(ABC):
     """Base class of every pixtok task.
@@ -58,7 +86,11 @@ class Task(ABC):
         **options: task options from the recipe file (kept in ``self.options``). Every task reads
             ``generate``: ``model.generate`` keywords its evaluation decodes with (one of
             :data:`GENERATE_OPTIONS`, e.g. ``{do_sample: false}``); the model's per-task defaults
-            fill the rest.
+            fill the rest. Every task that augments reads ``augmentation``: the fields of
+            :data:`AUGMENTATION_OPTIONS` its training examples use instead of
+            :class:`~pixtok.data.augment.AugmentConfig`'s defaults (e.g. ``{scale_range: [0.8, 1.0]}``:
+            milder large-scale jitter and no crop, so a referring expression's anchor object stays
+            in the picture). Both are checked here, before any data is read.
     """
 
     name: ClassVar[str]
@@ -86,6 +118,29 @@ class Task(ABC):
                 f"task {self.name!r}: option 'generate' must map some of {', '.join(GENERATE_OPTIONS)} "
                 f"to values, got {generate!r}"
             )
+        self.augmentation = _augmentation_settings(self.name, options.get("augmentation", {}))
+
+    def augment_image(
+        self, image: Any, rng: np.random.Generator, *, keep_boxes: bool = False, **annotations: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """:func:`~pixtok.tasks.geometry.augment_example_image` with this task's canvas size and
+        ``augmentation`` settings; ``annotations`` are its ``boxes`` / ``points`` / ``masks`` / ``words``.
+
+        ``keep_boxes``: the unit's target is every box passed (a referred object, a prompt region),
+        so a draw whose crop loses one is drawn again, up to :data:`AUGMENT_ATTEMPTS` times, and then
+        the image is only resized to the canvas (no crop, flip or colour change). Without it a
+        lost target would leave its old coordinates on a cropped image.
+        """
+        from .geometry import augment_example_image
+
+        wanted = len(annotations["boxes"]) if annotations.get("boxes") is not None else 0
+        for _ in range(AUGMENT_ATTEMPTS if keep_boxes else 1):
+            out = augment_example_image(
+                image, rng, self.image_size, settings=self.augmentation, **annotations
+            )
+            if not keep_boxes or len(out[1]["keep"]) == wanted:
+                return out
+        return augment_example_image(image, rng, self.image_size, settings=_RESIZE_ONLY, **annotations)
 
     def bind(self, model_config: Any) -> None:  # noqa: B027 - an optional hook, no-op by default
         """Called once the model exists, for tasks whose examples depend on its config."""

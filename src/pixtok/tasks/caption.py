@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import Example, Task
-from .geometry import augment_example_image
 
 
 def score_captions(predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
@@ -59,7 +58,7 @@ class CaptionTask(Task):
         points = np.asarray(row["points"], dtype=np.float32).reshape(-1, 2)[keep]
         image = row["image"]
         if rng is not None and self.augment:
-            image, geometry = augment_example_image(image, rng, self.image_size, points=points, words=words)
+            image, geometry = self.augment_image(image, rng, points=points, words=words)
             points, words = geometry["points"], geometry["words"]
         return Example(
             image=image,

@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import Example, Task
-from .geometry import augment_example_image
 
 
 class DenseCaptionTask(Task):
@@ -28,7 +27,7 @@ class DenseCaptionTask(Task):
         captions = list(regions["captions"])
         image = row["image"]
         if rng is not None and self.augment:
-            image, geometry = augment_example_image(image, rng, self.image_size, boxes=boxes, words=captions)
+            image, geometry = self.augment_image(image, rng, boxes=boxes, words=captions)
             boxes = geometry["boxes"]
             captions = [geometry["words"][i] for i in geometry["keep"]]
         pick = int(rng.integers(len(captions))) if (rng is not None and captions) else 0

@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import Example, Task
-from .geometry import augment_example_image
 
 
 class DetectionTask(Task):
@@ -43,7 +42,7 @@ class DetectionTask(Task):
         crowd = np.asarray(objects.get("iscrowd", [0] * len(labels)), dtype=bool)
         image = row["image"]
         if rng is not None and self.augment:
-            image, geometry = augment_example_image(image, rng, self.image_size, boxes=boxes)
+            image, geometry = self.augment_image(image, rng, boxes=boxes)
             boxes, keep = geometry["boxes"], geometry["keep"]
             labels, crowd = labels[keep], crowd[keep]
         target = {"boxes": boxes[~crowd], "labels": labels[~crowd]}

@@ -20,6 +20,7 @@ def augment_example_image(
     points: np.ndarray | None = None,
     masks: np.ndarray | None = None,
     words: Sequence[str] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Large-scale jitter, crop, flip (left/right words swapped) and colour jitter.
 
@@ -31,12 +32,14 @@ def augment_example_image(
         points: ``(P, 2)`` xy pixels (NaN = none).
         masks: ``(N, H, W)`` bool, one per box.
         words: texts to flip-correct (caption words, expressions, region captions).
+        settings: :class:`~pixtok.data.augment.AugmentConfig` fields other than ``canvas_size``
+            (a task's ``augmentation`` option); the defaults where absent.
 
     Returns:
         ``(image, {"boxes": (M, 4), "keep": (M,) indices of surviving boxes, "points", "masks",
         "words"})`` — coordinates in pixels of the returned image.
     """
-    config = AugmentConfig(canvas_size=int(image_size or max(image.size)))
+    config = AugmentConfig(canvas_size=int(image_size or max(image.size)), **(settings or {}))
     out = augment(image, rng, config, boxes=boxes, points=points, masks=masks, texts=list(words or ()))
     keep = np.flatnonzero(out.keep) if out.keep is not None else np.zeros(0, dtype=np.int64)
     return out.image, {

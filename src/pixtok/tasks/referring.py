@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import Example, Task
-from .geometry import augment_example_image
 
 
 def _row_mask(row: dict[str, Any]) -> np.ndarray | None:
@@ -49,18 +48,16 @@ class ReferringTask(Task):
         mask = _row_mask(row)
         image = row["image"]
         if rng is not None and self.augment:
-            image, geometry = augment_example_image(
+            image, geometry = self.augment_image(
                 image,
                 rng,
-                self.image_size,
+                keep_boxes=True,  # the referred object stays in the picture
                 boxes=box,
                 masks=None if mask is None else mask[None],
                 words=[text],
             )
-            if len(geometry["keep"]) == 1:  # the referred object survived the crop
-                box = geometry["boxes"]
-                mask = None if mask is None else geometry["masks"][0]
-                text = geometry["words"][0]
+            box, text = geometry["boxes"], geometry["words"][0]
+            mask = None if mask is None else geometry["masks"][0]
         return Example(
             image=image,
             text=text,

@@ -14,7 +14,6 @@ import numpy as np
 
 from .base import Example, Task
 from .caption import score_captions
-from .geometry import augment_example_image
 
 
 class RegionCaptionTask(Task):
@@ -35,9 +34,8 @@ class RegionCaptionTask(Task):
         caption = regions["captions"][sub_index]
         image = row["image"]
         if rng is not None and self.augment:
-            image, geometry = augment_example_image(image, rng, self.image_size, boxes=box, words=[caption])
-            if len(geometry["keep"]) == 1:
-                box, caption = geometry["boxes"], geometry["words"][0]
+            image, geometry = self.augment_image(image, rng, keep_boxes=True, boxes=box, words=[caption])
+            box, caption = geometry["boxes"], geometry["words"][0]
         point = None
         ratio = float(self.options.get("point_prompt_ratio", 0.0))
         if rng is not None and ratio > 0 and rng.random() < ratio:
