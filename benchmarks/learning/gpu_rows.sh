@@ -3,8 +3,9 @@
 #
 #   benchmarks/learning/gpu_rows.sh OUT_DIR "detection:2600 caption referring" [--set key=value ...]
 #
-# A row may carry its own step count (row:steps, train.max_steps of that row) and GPU (row@2 or
-# row:steps@2); --set applies to all.
+# A row may carry its own step count (row:steps, train.max_steps of that row), seed (row%1:
+# train.seed, results and logs named <row>_seed1, so one row can run with several seeds to measure
+# its spread) and GPU (row@2), in that order (row:steps%seed@gpu); --set applies to all.
 # Rows go to GPUs round-robin (CUDA_VISIBLE_DEVICES), several to a GPU when there are more rows than
 # GPUs: the `small` preset leaves most of an H100/H200 idle, and each row still has its own time
 # limit (train.time_limit_minutes). The synthetic benchmark is written once, before the rows start.
@@ -45,21 +46,30 @@ root = synthetic_root(row_config("detection"))
 print(f"synthetic benchmark at {root} ({time.time() - t:.0f} s)", flush=True)
 EOF
 
+parse() {  # entry -> row, name (row or row_seedN), extra run.py arguments; gpu when given
+  local entry=$1
+  case $entry in *@*) gpu=${entry##*@}; entry=${entry%@*} ;; esac
+  extra=()
+  name=${entry%%[:%]*}
+  row=$name
+  case $entry in *%*) extra+=(--set "train.seed=${entry##*%}" --name "${row}_seed${entry##*%}")
+                      name=${row}_seed${entry##*%}; entry=${entry%\%*} ;; esac
+  [ "$entry" != "$row" ] && extra+=(--set "train.max_steps=${entry#*:}")
+  return 0
+}
+
 i=0
 for entry in $row_list; do
   gpu=$((i % gpus))
-  case $entry in *@*) gpu=${entry##*@}; entry=${entry%@*} ;; esac
-  row=${entry%%:*}
-  extra=()
-  [ "$entry" != "$row" ] && extra+=(--set "train.max_steps=${entry#*:}")
+  parse "$entry"
   case $row in
     coco_tiny*) extra+=(--set "data.paths.annotations=$coco/annotations/instances_train2017.json"
                        --set "data.paths.images=$coco/train2017") ;;
   esac
   (CUDA_VISIBLE_DEVICES=$gpu timeout "$row_timeout" python3 benchmarks/learning/run.py "$row" \
-    --output-dir "$work/runs/$row" --results "$work/results" "${extra[@]}" "$@" \
-    > "$work/logs/$row.log" 2>&1; echo "exit $? after $(( $(date +%s) - start )) s" >> "$work/logs/$row.log"; pack) &
-  echo "started $row on GPU $gpu"
+    --output-dir "$work/runs/$name" --results "$work/results" "${extra[@]}" "$@" \
+    > "$work/logs/$name.log" 2>&1; echo "exit $? after $(( $(date +%s) - start )) s" >> "$work/logs/$name.log"; pack) &
+  echo "started $name on GPU $gpu"
   i=$((i + 1))
 done
 (while sleep 60; do pack; done) &
@@ -68,8 +78,8 @@ wait $(jobs -p | grep -v "^$packer$")
 kill $packer 2>/dev/null
 echo "all rows done in $(( $(date +%s) - start )) s"
 for entry in $row_list; do
-  row=${entry%%[:@]*}
-  echo "=== $row"; grep -v "it/s\]\|s/it\]" "$work/logs/$row.log" | tail -6
+  parse "$entry"
+  echo "=== $name"; grep -v "it/s\]\|s/it\]" "$work/logs/$name.log" | tail -6
 done
 pack
 nvidia-smi --query-gpu=index,memory.used --format=csv 2>/dev/null | head -5

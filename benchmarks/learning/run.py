@@ -25,6 +25,10 @@ with ``--set train.time_limit_minutes=M``, go on with ``--set resume_from=<its o
 checkpoint carries the clock and the loss history, so the time limit bounds the whole run, and the
 result's ``command`` lists every segment's command.
 
+Run-to-run spread: ``--set train.seed=N --name <row>_seedN`` trains the same row with another model
+init, data order and augmentation (the synthetic images stay) and writes ``learning_<row>_seedN``;
+``gpu_rows.sh`` does both for an entry ``<row>%N``.
+
 Under ``accelerate launch`` the row trains on every process (DDP/FSDP from the accelerate config);
 the main process writes the result. ``benchmarks/learning/report.py`` turns the JSON files into the
 table and loss curves of ``benchmarks/RESULTS.md``.
@@ -36,6 +40,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -173,6 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output-dir", help="run folder (default: the config's train.output_dir)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where JSON + PNG go")
     parser.add_argument(
+        "--name", help="result name (learning_<name>.json / .png; default: the row), e.g. for several seeds"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     args = parser.parse_args(argv)
@@ -181,6 +189,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.row not in rows():
         parser.error(f"unknown row {args.row!r}; rows: {', '.join(rows())}")
+    name = args.name or args.row
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        parser.error(f"--name must be letters, digits, '_', '.' or '-', got {name!r}")
 
     from pixtok.training.recipe import run_recipe
 
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     targets = check_targets(args.row, metrics)
     history = result.get("history", [])
     command = "PYTHONPATH=src python benchmarks/learning/run.py " + " ".join(
-        [args.row, *(f"--set {s}" for s in args.set)]
+        [args.row, *([f"--name {args.name}"] if args.name else []), *(f"--set {s}" for s in args.set)]
     )
     # a run resumed in the same folder reports every segment's command (its history is the whole run's)
     record = out_dir / "benchmark_command.txt"
@@ -208,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         command = record.read_text().strip() + "; then " + command
     record.write_text(command + "\n")
     payload = {
-        "benchmark": f"learning_{args.row}",
+        "benchmark": f"learning_{name}",
         "device": device_name(),
         "date": dt.date.today().isoformat(),
         "command": command,
@@ -225,12 +236,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"learning_{args.row}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (results / f"learning_{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     for task, picture in result.get("pictures", {}).items():
-        name = (
-            f"learning_{args.row}.png" if len(result["pictures"]) == 1 else f"learning_{args.row}_{task}.png"
-        )
-        shutil.copyfile(out_dir / picture, results / name)
+        png = f"learning_{name}.png" if len(result["pictures"]) == 1 else f"learning_{name}_{task}.png"
+        shutil.copyfile(out_dir / picture, results / png)
 
     print(f"\n{args.row}: {result['step']} steps in {result['train_seconds']:.0f} s on {payload['device']}")
     for key, value in metrics.items():

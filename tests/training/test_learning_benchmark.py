@@ -201,3 +201,53 @@ def test_localization_probe_on_the_synthetic_detection_row(tmp_path, monkeypatch
     (entry,) = result["history"]
     assert entry["step"] == 2 and entry["val_loss"] > 0
     assert result["metrics"]["final_median_coord_error_bins"] == entry["val_median_coord_error_bins"]
+
+
+def test_run_name_option_names_the_result_and_keeps_the_row(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXTOK_CACHE", str(tmp_path / "cache"))
+    run = _module("run")
+    results = tmp_path / "results"
+    small = ["model.preset=tiny", "train.max_steps=1", "train.batch_size=2", "train.num_workers=0"]
+    small += ["train.mixed_precision=no", "data.num_val=2", "data.synthetic.num_images=20", "train.seed=1"]
+    argv = [
+        "caption",
+        "--name",
+        "caption_seed1",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--results",
+        str(results),
+    ]
+    run.main(argv + [a for s in small for a in ("--set", s)])
+    written = json.loads((results / "learning_caption_seed1.json").read_text())
+    assert written["benchmark"] == "learning_caption_seed1"
+    assert written["command"].startswith(
+        "PYTHONPATH=src python benchmarks/learning/run.py caption --name caption_seed1"
+    )
+    assert written["config"]["train"]["seed"] == 1
+    assert set(written["targets"]) == {"trace_l1", "CIDEr"}  # still the caption row's targets
+    assert (results / "learning_caption_seed1.png").exists() and not (
+        results / "learning_caption.json"
+    ).exists()
+    with pytest.raises(SystemExit):
+        run.main(["caption", "--name", "../elsewhere"])
+
+
+def test_gpu_rows_entries_parse_steps_seed_and_gpu():
+    import subprocess
+
+    script = (LEARNING / "gpu_rows.sh").read_text()
+    parse = script[script.index("parse() {") : script.index("\n}\n", script.index("parse() {")) + 3]
+    probe = parse + 'for e in "$@"; do gpu=-; parse "$e"; echo "$row|$name|$gpu|${extra[*]}"; done'
+    out = subprocess.run(
+        ["bash", "-c", probe, "bash", "referring", "referring:1500%3@1", "detection@2", "caption%0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out == [
+        "referring|referring|-|",
+        "referring|referring_seed3|1|--set train.seed=3 --name referring_seed3 --set train.max_steps=1500",
+        "detection|detection|2|",
+        "caption|caption_seed0|-|--set train.seed=0 --name caption_seed0",
+    ]
