@@ -41,3 +41,18 @@ def test_overrides_apply_and_xl_recipe_matches_paper():
     t = recipe.train
     assert t.batch_size * t.gradient_accumulation_steps == 128
     assert t.learning_rate == 1e-4 and t.warmup_steps == 250
+
+
+@pytest.mark.parametrize(
+    ("tasks", "message"),
+    [
+        ({"referring": {"augmentation": {"scale": 2}}}, r"tasks\.referring: .*option 'augmentation'"),
+        ({"detection": {"generate": {"beams": 4}}}, r"tasks\.detection: .*option 'generate'"),
+        ({"segmentation": {}}, r"tasks\.segmentation: unknown task"),
+    ],
+)
+def test_task_options_are_checked_when_the_config_is_read(tasks, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {"tasks": tasks})
+    good = load_config(None, {"tasks": {"referring": {"augmentation": {"scale_range": [0.6, 1.0]}}}})
+    assert good.tasks["referring"]["augmentation"] == {"scale_range": [0.6, 1.0]}

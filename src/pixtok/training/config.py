@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from ..tasks import build_task
+
 
 class ConfigError(ValueError):
     """A recipe configuration is invalid; the message names the offending key."""
@@ -269,6 +271,16 @@ def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
     if not isinstance(tasks, dict) or not tasks:
         raise ConfigError("tasks: expected a non-empty mapping of task name -> options")
     tasks = {name: dict(opts or {}) for name, opts in tasks.items()}
+    for (
+        name,
+        opts,
+    ) in tasks.items():  # names and options (generate, augmentation) checked before any data is read
+        if not isinstance(name, str):
+            raise ConfigError(f"tasks: task names are strings, got {name!r}")
+        try:
+            build_task(name, **{k: v for k, v in opts.items() if k not in ("weight", "data")})
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"tasks.{name}: {err}") from None
     return RecipeConfig(
         tasks=tasks, resume_from=raw.get("resume_from"), push_to_hub=raw.get("push_to_hub"), **sections
     )
