@@ -124,10 +124,11 @@ def test_resume_from_another_preset_fails_before_training(tmp_path, cache_dir):
     ],
 )
 def test_bad_recipe_input_is_a_clear_error_before_training(overrides, message, cache_dir):
-    recipe = load_config(
-        ROOT / "recipes" / "configs" / "localized_narratives.yaml", {**overrides, "data.cache_dir": cache_dir}
-    )
-    with pytest.raises((ConfigError, ValueError), match=message):
+    with pytest.raises((ConfigError, ValueError), match=message):  # when read, or when data is set up
+        recipe = load_config(
+            ROOT / "recipes" / "configs" / "localized_narratives.yaml",
+            {**overrides, "data.cache_dir": cache_dir},
+        )
         prepare(recipe)
 
 
