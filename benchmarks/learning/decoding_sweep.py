@@ -8,7 +8,9 @@ setting, so that decoding choices are compared on one set of weights in one proc
   ranked against ``<noise>`` (Pix2Seq's altered inference, ``GenerationOptions.rank_against_noise``);
 * ``nucleus_renormalized``: the same with class scores renormalized over the real classes (pixtok's
   scoring until the tenth session: an object the model calls noise could rank high);
-* ``greedy`` / ``greedy_renormalized``: argmax decoding with either score.
+* ``greedy`` / ``greedy_renormalized``: argmax decoding with either score;
+* ``greedy_window2`` / ``greedy_window8``: greedy, each box coordinate read between bins as its
+  softmax's mean over the 2 or 8 bins either side of the token (``GenerationOptions.coordinate_window``).
 
 Each setting names every option it sets, so the row's own ``generate`` task option does not apply.
 
@@ -45,6 +47,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "nucleus_renormalized": {"do_sample": True, "top_p": 0.4, "rank_against_noise": False},
     "greedy": {"do_sample": False, "rank_against_noise": True},
     "greedy_renormalized": {"do_sample": False, "rank_against_noise": False},
+    # boxes read between bins: each coordinate's softmax mean over the 2w + 1 bins around its token
+    "greedy_window2": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 2},
+    "greedy_window8": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 8},
 }
 KEYS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AR100": "AR@100", "APs": "APs", "APm": "APm"}
 

@@ -411,6 +411,7 @@ class DetectionCodec:
         tokens: np.ndarray,
         image_sizes: Sequence[Sequence[int]] | np.ndarray,
         scores: np.ndarray | None = None,
+        offsets: np.ndarray | None = None,
     ) -> list[dict[str, np.ndarray]]:
         """Token ids → detections; never raises on the token values and always yields valid boxes.
 
@@ -423,6 +424,8 @@ class DetectionCodec:
             image_sizes: (B, 2) original (h, w) in pixels.
             scores: (B, T) per-token probabilities (``None`` → 1.0); an object's score is its class
                 token's.
+            offsets: (B, T) sub-bin offsets of the coordinate tokens, in bins (``generate``'s
+                ``coordinate_offsets``), added to their bin centres; ``None`` → bin centres.
 
         Returns:
             B dicts ``{"boxes": (N, 4) float32 xyxy px (x0 ≤ x1, y0 ≤ y1, inside the image),
@@ -448,6 +451,12 @@ class DetectionCodec:
         ok &= ((t[..., :4] >= v.coord_offset) & (t[..., :4] < v.class_offset)).all(axis=-1)
         ok &= (t[..., 4] >= v.class_offset) & (t[..., 4] < v.noise_id)
         coords = v.dequantize(np.where(ok[..., None], t[..., :4] - v.coord_offset, 0))
+        if offsets is not None:
+            offsets = np.atleast_2d(np.asarray(offsets, dtype=np.float64))
+            if offsets.shape != tokens.shape:
+                raise ValueError(f"offsets {offsets.shape} must match tokens {tokens.shape}")
+            shift = offsets[:, : 5 * groups].reshape(batch, groups, 5)[..., :4] / v.num_bins
+            coords = coords + np.where(ok[..., None], shift, 0.0)
         scale = sizes.max(axis=1)[:, None, None]
         ymin, xmin, ymax, xmax = np.moveaxis(coords * scale, -1, 0)
         h, w = sizes[:, 0, None], sizes[:, 1, None]

@@ -225,6 +225,11 @@ class GenerationOptions:
             object the model calls noise keeps its most likely real class with a low score (Pix2Seq's
             altered inference); ``False`` renormalizes the score over the real classes. Tokens and
             sampling are the same either way.
+        coordinate_window (`int`, *optional*, defaults to 0): when > 0, each generated coordinate
+            token also gets a sub-bin offset: the mean bin of its softmax over the ``2w + 1`` bins
+            around it, minus its own bin (:func:`coordinate_offsets`; ``PixtokGenerateOutput.
+            coordinate_offsets``, which the processor's detection post-processing adds). Tokens are
+            unchanged; only the boxes read from them move, by less than ``w`` bins.
     """
 
     max_new_tokens: int | None = None
@@ -235,6 +240,7 @@ class GenerationOptions:
     min_objects: int = 0
     max_objects: int | None = None
     rank_against_noise: bool = True
+    coordinate_window: int = 0
 
     def for_task(self, task: str, max_objects: int = 100) -> GenerationOptions:
         """Fill the ``None`` fields with ``task``'s defaults (``max_objects`` from the config)."""
@@ -263,6 +269,8 @@ class GenerationOptions:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.coordinate_window, int) or self.coordinate_window < 0:
+            raise ValueError(f"coordinate_window must be an int >= 0, got {self.coordinate_window!r}")
         if self.min_objects < 0 or (self.max_objects is not None and self.max_objects < self.min_objects):
             raise ValueError(
                 f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
@@ -395,4 +403,51 @@ def decode(
     )
 
 
-__all__ = ["DecodeResult", "GenerationOptions", "Grammar", "StepFn", "decode", "grammar_for"]
+def coordinate_offsets(
+    sequences: torch.Tensor,
+    states: torch.Tensor,
+    bin_logits: Callable[[torch.Tensor], torch.Tensor],
+    coord_offset: int,
+    num_bins: int,
+    window: int,
+) -> torch.Tensor:
+    """Sub-bin offsets of generated coordinate tokens (``GenerationOptions.coordinate_window``).
+
+    A coordinate token names one bin; its softmax usually spreads over the bins around it. The
+    offset is the mean bin of that softmax restricted to the ``2 * window + 1`` bins centred on the
+    chosen one (bins past either end left out), minus the chosen bin: 0 for a symmetric spread,
+    towards the heavier side otherwise, always within ``(-window, window)``.
+
+    Args:
+        sequences: (B, T) generated ids.
+        states: (B, T, D) the decoder states that chose them (``DecodeResult.hidden_states``).
+        bin_logits: (N, D) states → (N, num_bins) logits of the coordinate tokens, in bin order.
+        coord_offset, num_bins: the vocabulary's coordinate ids ``[coord_offset, coord_offset + num_bins)``.
+        window: bins on each side; 0 gives zeros.
+
+    Returns:
+        (B, T) float32 offsets in bins; 0 at every non-coordinate position.
+    """
+    offsets = torch.zeros(sequences.shape, dtype=torch.float32, device=sequences.device)
+    is_coord = (sequences >= coord_offset) & (sequences < coord_offset + num_bins)
+    if window <= 0 or not bool(is_coord.any()):
+        return offsets
+    bins = sequences[is_coord] - coord_offset  # (N,)
+    steps = torch.arange(-window, window + 1, device=sequences.device)
+    neighbours = bins[:, None] + steps  # (N, 2w + 1)
+    inside = (neighbours >= 0) & (neighbours < num_bins)
+    logits = bin_logits(states[is_coord]).float()
+    window_logits = logits.gather(1, neighbours.clamp(0, num_bins - 1)).masked_fill(~inside, float("-inf"))
+    offsets[is_coord] = (window_logits.softmax(dim=-1) * steps.float()).sum(dim=-1)
+    return offsets
+
+
+__all__ = [
+    "DecodeResult",
+    "GenerationOptions",
+    "Grammar",
+    "StepFn",
+    "coordinate_offsets",
+    "decode",
+    "grammar_for",
+]

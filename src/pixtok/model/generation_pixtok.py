@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from .decode_engine import DetectionRows, StaticT5Decoder
-from .decoding import GenerationOptions, decode, grammar_for
+from .decoding import GenerationOptions, coordinate_offsets, decode, grammar_for
 from .sam import BOX_LABELS
 from .towers import VisionFeatures
 from .vocab import DECODER_START_ID, TASKS, task_index
@@ -41,6 +41,8 @@ class PixtokGenerateOutput(ModelOutput):
         proposal_scores: (B, K) objectness probabilities (`dense_caption`), else `None`.
         task_ids: (B,) long, passed through.
         image_sizes: (B, 2) long original (h, w), passed through.
+        coordinate_offsets: (B', T) float sub-bin offsets of the coordinate tokens, in bins
+            (``coordinate_window`` > 0; :func:`~.decoding.coordinate_offsets`), else `None`.
     """
 
     sequences: torch.Tensor | None = None
@@ -52,6 +54,7 @@ class PixtokGenerateOutput(ModelOutput):
     proposal_scores: torch.Tensor | None = None
     task_ids: torch.Tensor | None = None
     image_sizes: torch.Tensor | None = None
+    coordinate_offsets: torch.Tensor | None = None
 
 
 class PixtokGenerationMixin:
@@ -196,6 +199,7 @@ class PixtokGenerationMixin:
         temperature: float | None = None,
         eos_logit_offset: float | None = None,
         rank_against_noise: bool | None = None,
+        coordinate_window: int | None = None,
         generator: torch.Generator | None = None,
         image_embeddings: torch.Tensor | None = None,
         fused_features: torch.Tensor | None = None,
@@ -215,8 +219,8 @@ class PixtokGenerationMixin:
                 image_sizes: as in :meth:`forward`.
             task_ids: (B,) index into ``vocab.TASKS``; all equal. Without it the task token leading
                 ``input_ids`` decides.
-            max_new_tokens, do_sample, top_p, temperature, eos_logit_offset, rank_against_noise:
-                decoding options (:class:`~.decoding.GenerationOptions`).
+            max_new_tokens, do_sample, top_p, temperature, eos_logit_offset, rank_against_noise,
+                coordinate_window: decoding options (:class:`~.decoding.GenerationOptions`).
             generator: RNG for reproducible sampling.
             image_embeddings, fused_features: cached tower features instead of the pixels.
             decode_engine: decode with the static-cache engine (:meth:`decode_engine`): ``None`` (auto)
@@ -240,6 +244,7 @@ class PixtokGenerationMixin:
             temperature=1.0 if temperature is None else temperature,
             eos_logit_offset=0.0 if eos_logit_offset is None else eos_logit_offset,
             rank_against_noise=True if rank_against_noise is None else rank_against_noise,
+            coordinate_window=0 if coordinate_window is None else coordinate_window,
         ).for_task(task, max_objects=self.config.max_objects)
         positions = self.config.decoder_position_embeddings
         if positions and options.max_new_tokens > positions:
@@ -293,6 +298,20 @@ class PixtokGenerationMixin:
         else:
             result = self._decode_with_cache(encoder_outputs, mask, task, options, generator)
         points = self.trace_head(result.hidden_states)
+        offsets = None
+        if options.coordinate_window:
+            vocab = self.config.vocab
+            bin_ids = torch.arange(
+                vocab.coord_offset, vocab.coord_offset + vocab.num_bins, device=result.sequences.device
+            )
+            offsets = coordinate_offsets(
+                result.sequences,
+                result.hidden_states,
+                lambda states: self.model.token_logits(states, bin_ids),
+                vocab.coord_offset,
+                vocab.num_bins,
+                options.coordinate_window,
+            )
         boxes = masks = None
         if task == "referring":
             boxes = self.box_head(result.hidden_states[:, 0])  # the state forward() trains it on
@@ -307,6 +326,7 @@ class PixtokGenerationMixin:
             proposal_scores=None if proposal_scores is None else proposal_scores.float(),
             task_ids=task_ids if task_ids is not None else torch.full((batch,), task_index(task)),
             image_sizes=image_sizes,
+            coordinate_offsets=offsets,
         )
 
 

@@ -131,6 +131,12 @@ class AddedTokenRows(nn.Module):
         delta = self.embedding_delta.to(embeddings.dtype)[offset.clamp(min=0)]
         return embeddings + delta * added.unsqueeze(-1).to(embeddings.dtype)
 
+    def head_rows(self, ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(K,) ids and their (K, D) LM-head rows -> the rows with the deltas of added ids added."""
+        offset = ids - self.base_vocab_size
+        delta = self.head_delta.to(rows.dtype)[offset.clamp(min=0)]
+        return rows + delta * (offset >= 0).unsqueeze(-1).to(rows.dtype)
+
     def logits(self, scaled_states: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """(B, T, D) LM-head inputs and their (B, T, V) logits -> logits with the added rows' deltas."""
         extra = scaled_states @ self.head_delta.to(scaled_states.dtype).T

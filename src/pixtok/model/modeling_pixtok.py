@@ -494,6 +494,16 @@ class PixtokModel(PixtokPreTrainedModel):
             logits = self.added_tokens.logits(states * scale, logits)
         return logits, states, out.past_key_values
 
+    def token_logits(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The logits :meth:`decode` gives the token ids ``ids`` (K,), from its decoder states
+        (..., d_model) → (..., K): only those LM-head rows are read (e.g. the coordinate bins)."""
+        head = self.text_model.get_output_embeddings().weight
+        rows = head[ids]
+        if self.added_tokens is not None:
+            rows = self.added_tokens.head_rows(ids, rows)
+        scale = lm_head_input_scale(self.config.text_config)
+        return (states.to(rows.dtype) * scale) @ rows.T
+
     def load_t5(self, name_or_path: str | Path) -> None:
         """Copy a pretrained T5 into ``self.text_model`` (LoRA adapters keep their init).
 

@@ -572,7 +572,9 @@ class PixtokProcessor(ProcessorMixin):
     ) -> list[dict[str, torch.Tensor]]:
         """Generated detection sequences → ``[{"scores" (N,), "labels" (N,), "boxes" (N, 4) xyxy px}]``.
 
-        Scores are the class tokens' probabilities (1.0 for a plain tensor of ids); objects with
+        Boxes are the coordinate bins' centres, moved by ``outputs.coordinate_offsets`` when
+        ``generate`` computed them (``coordinate_window``). Scores are the class tokens'
+        probabilities (1.0 for a plain tensor of ids); objects with
         ``score <= threshold`` are dropped (``threshold=0`` keeps every decoded object). Malformed
         objects and ``<noise>`` are skipped; boxes are clipped to the image. Open-vocabulary models
         also return ``"names"`` (labels are then the matching ``class_names`` index or -1).
@@ -596,7 +598,12 @@ class PixtokProcessor(ProcessorMixin):
                 )
             return results
         assert self.codec is not None
-        for det in self.codec.decode_batch(seq, sizes, scores):
+        offsets = (
+            None if isinstance(outputs, (torch.Tensor, np.ndarray)) else _field(outputs, "coordinate_offsets")
+        )
+        if offsets is not None:
+            offsets = torch.as_tensor(offsets).detach().float().cpu().numpy()
+        for det in self.codec.decode_batch(seq, sizes, scores, offsets):
             keep = det["scores"] > threshold
             results.append(
                 {

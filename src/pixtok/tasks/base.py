@@ -45,7 +45,14 @@ class Example:
     image_id: str = ""
 
 
-GENERATE_OPTIONS = ("do_sample", "top_p", "temperature", "eos_logit_offset", "rank_against_noise")
+GENERATE_OPTIONS = (
+    "do_sample",
+    "top_p",
+    "temperature",
+    "eos_logit_offset",
+    "rank_against_noise",
+    "coordinate_window",
+)
 """The decoding keywords of ``model.generate`` a task's ``generate`` option may set."""
 
 AUGMENTATION_OPTIONS = ("scale_range", "flip_prob", "color_jitter")
