@@ -4,12 +4,8 @@ LM-head slice they come from, and the detection post-processing that adds them."
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from pixtok.model.configuration_pixtok import PixtokConfig
 from pixtok.model.decoding import GenerationOptions, coordinate_offsets
-from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
-from pixtok.model.processing_pixtok import PixtokProcessor
 from pixtok.tasks import build_task
 
 OFFSET, BINS = 100, 10  # coordinate ids 100..109 in these unit tests
@@ -53,19 +49,8 @@ def test_coordinate_window_is_a_task_generate_option():
 
 
 @pytest.fixture(scope="module")
-def model_and_batch():
-    torch.manual_seed(0)
-    config = PixtokConfig.from_preset("tiny")  # frozen T5 + LoRA + added-token delta rows
-    model = PixtokForConditionalGeneration(config).eval()
-    with torch.no_grad():  # a trained-looking model: non-zero token deltas
-        for name, p in model.named_parameters():
-            if "lora_B" in name or "added_tokens" in name:
-                p.normal_(0, 0.5)
-    processor = PixtokProcessor.from_config(config)
-    rng = np.random.default_rng(0)
-    images = [
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((90, 120), (128, 64))
-    ]
+def model_and_batch(trained_looking_tiny):
+    model, processor, images = trained_looking_tiny
     return model, processor, processor(images=images, task="detection", return_tensors="pt")
 
 

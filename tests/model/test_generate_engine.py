@@ -1,32 +1,13 @@
 """generate(decode_engine=True) — the static-cache engine with LoRA and pixtok's added-token deltas
 folded in — decodes exactly what the plain loop decodes (CPU: the engine runs eagerly)."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from pixtok.model.configuration_pixtok import PixtokConfig
-from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
-from pixtok.model.processing_pixtok import PixtokProcessor
 
 
 @pytest.fixture(scope="module")
-def model_and_batch():
-    torch.manual_seed(0)
-    config = PixtokConfig.from_preset("tiny")  # frozen T5 + LoRA + added-token delta rows
-    model = PixtokForConditionalGeneration(config).eval()
-    assert model.model.added_tokens is not None
-    with torch.no_grad():  # a trained-looking model: non-zero LoRA updates and token deltas
-        for name, p in model.named_parameters():
-            if "lora_B" in name or "added_tokens" in name:
-                p.normal_(0, 0.5)
-    processor = PixtokProcessor.from_config(config)
-    rng = np.random.default_rng(0)
-    images = [
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((90, 120), (128, 64))
-    ]
-    return model, processor, images
+def model_and_batch(trained_looking_tiny):
+    return trained_looking_tiny
 
 
 @pytest.mark.parametrize("task", ["detection", "caption", "referring"])
