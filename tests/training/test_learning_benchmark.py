@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pixtok.tasks import build_task
-from pixtok.training.config import ConfigError, load_config
+from pixtok.training.config import ConfigError, load_config, task_options
 
 ROOT = Path(__file__).resolve().parents[2]
 LEARNING = ROOT / "benchmarks" / "learning"
@@ -31,7 +31,7 @@ def test_every_row_config_is_valid_and_names_its_headlines(row):
     assert set(run.HEADLINES[base]) == set(recipe.tasks)
     assert recipe.train.output_dir == f"outputs/learning/{row}"  # rows never share a run folder
     for name, options in recipe.tasks.items():  # task options (generate, augmentation) are valid
-        build_task(name, **{k: v for k, v in options.items() if k not in ("weight", "data")})
+        build_task(name, **task_options(options))
 
 
 def test_augmentation_variants_reach_the_task():

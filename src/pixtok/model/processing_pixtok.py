@@ -598,9 +598,7 @@ class PixtokProcessor(ProcessorMixin):
                 )
             return results
         assert self.codec is not None
-        offsets = (
-            None if isinstance(outputs, (torch.Tensor, np.ndarray)) else _field(outputs, "coordinate_offsets")
-        )
+        offsets = _field(outputs, "coordinate_offsets")  # None for a plain tensor of ids
         if offsets is not None:
             offsets = torch.as_tensor(offsets).detach().float().cpu().numpy()
         for det in self.codec.decode_batch(seq, sizes, scores, offsets):

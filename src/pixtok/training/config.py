@@ -257,6 +257,16 @@ def _lr_scales(value: Any, where: str) -> dict[str, float]:
     return scales
 
 
+RECIPE_TASK_KEYS = ("weight", "data")
+"""Keys of a recipe's ``tasks.<name>`` entry that the recipe reads (sampling weight, data source);
+the rest are the task's own options."""
+
+
+def task_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's ``tasks.<name>`` entry without :data:`RECIPE_TASK_KEYS`: the task's options."""
+    return {k: v for k, v in options.items() if k not in RECIPE_TASK_KEYS}
+
+
 def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
     """Validate a parsed YAML mapping into a :class:`RecipeConfig` (raises :class:`ConfigError`)."""
     raw = dict(raw or {})
@@ -271,14 +281,12 @@ def config_from_dict(raw: dict[str, Any]) -> RecipeConfig:
     if not isinstance(tasks, dict) or not tasks:
         raise ConfigError("tasks: expected a non-empty mapping of task name -> options")
     tasks = {name: dict(opts or {}) for name, opts in tasks.items()}
-    for (
-        name,
-        opts,
-    ) in tasks.items():  # names and options (generate, augmentation) checked before any data is read
+    # names and options (generate, augmentation) checked before any data is read
+    for name, opts in tasks.items():
         if not isinstance(name, str):
             raise ConfigError(f"tasks: task names are strings, got {name!r}")
         try:
-            build_task(name, **{k: v for k, v in opts.items() if k not in ("weight", "data")})
+            build_task(name, **task_options(opts))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"tasks.{name}: {err}") from None
     return RecipeConfig(
@@ -334,9 +342,11 @@ __all__ = [
     "ConfigError",
     "DataSection",
     "ModelSection",
+    "RECIPE_TASK_KEYS",
     "RecipeConfig",
     "TrainSection",
     "config_from_dict",
     "load_config",
     "read_config_file",
+    "task_options",
 ]

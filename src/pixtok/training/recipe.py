@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..tasks import TASK_CLASSES, build_task
-from .config import ConfigError, RecipeConfig, load_config
+from .config import ConfigError, RecipeConfig, load_config, task_options
 from .loop import TaskData, train
 
 DEFAULT_CACHE = Path(os.environ.get("PIXTOK_CACHE", Path.home() / ".cache" / "pixtok"))
@@ -174,8 +174,7 @@ def prepare(recipe: RecipeConfig) -> tuple[Any, Any, list[TaskData]]:
     tasks = []
     for name, options in recipe.tasks.items():
         train_ds, val_ds = datasets_by_task[name]
-        opts = {k: v for k, v in options.items() if k not in ("weight", "data")}
-        task = build_task(name, augment=recipe.train.augment, image_size=image_size, **opts)
+        task = build_task(name, augment=recipe.train.augment, image_size=image_size, **task_options(options))
         task.bind(model.config)
         source = options.get("data", {}).get("source", recipe.data.source)
         tasks.append(TaskData(task, float(options.get("weight", 1.0)), train_ds, val_ds, source=source))
