@@ -52,8 +52,8 @@ parse() {  # entry -> row, name (row or row_seedN), extra run.py arguments; gpu 
   extra=()
   name=${entry%%[:%]*}
   row=$name
-  case $entry in *%*) extra+=(--set "train.seed=${entry##*%}" --name "${row}_seed${entry##*%}")
-                      name=${row}_seed${entry##*%}; entry=${entry%\%*} ;; esac
+  case $entry in *%*) local seed=${entry##*%}; name=${row}_seed$seed; entry=${entry%\%*}
+                      extra+=(--set "train.seed=$seed" --name "$name") ;; esac
   [ "$entry" != "$row" ] && extra+=(--set "train.max_steps=${entry#*:}")
   return 0
 }
