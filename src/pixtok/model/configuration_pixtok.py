@@ -204,6 +204,11 @@ class PixtokConfig(PretrainedConfig):
             Channels of the proposal head's convolutions on the fused image features.
         label_smoothing (`float`, *optional*, defaults to 0.1):
             Label smoothing of the LM cross-entropy.
+        coordinate_label_sigma (`float`, *optional*, defaults to 0.0):
+            Std, in bins, of a Gaussian target over the coordinate bins around each coordinate
+            token (cut at 3 std); 0 keeps the one-hot target. With many bins per pixel (1,000 over a
+            128 px image is ~8) a prediction a few bins off then counts as nearly right, so
+            positions are learned coarse-first; the target bin stays the optimum.
         eos_weight (`float`, *optional*, defaults to 0.1):
             Loss weight of EOS targets when ``label_weights`` is not given (Pix2Seq).
         lm_loss_weight (`float`, *optional*, defaults to 1.0):
@@ -276,6 +281,7 @@ class PixtokConfig(PretrainedConfig):
         box_head_num_layers: int = 3,
         proposal_head_hidden_size: int = 256,
         label_smoothing: float = 0.1,
+        coordinate_label_sigma: float = 0.0,
         eos_weight: float = 0.1,
         lm_loss_weight: float = 1.0,
         trace_loss_weight: float = 1.0,
@@ -354,6 +360,9 @@ class PixtokConfig(PretrainedConfig):
         self.box_head_num_layers = box_head_num_layers
         self.proposal_head_hidden_size = proposal_head_hidden_size
         self.label_smoothing = label_smoothing
+        if coordinate_label_sigma < 0:
+            raise ValueError(f"coordinate_label_sigma must be >= 0, got {coordinate_label_sigma}")
+        self.coordinate_label_sigma = float(coordinate_label_sigma)
         self.eos_weight = eos_weight
         self.lm_loss_weight = lm_loss_weight
         self.trace_loss_weight = trace_loss_weight

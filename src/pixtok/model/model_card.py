@@ -117,7 +117,12 @@ class PixtokHubMixin:
             "",
             f"- towers frozen: {config.freeze_towers}; T5 frozen: {config.freeze_text_model} "
             f"(LoRA rank {config.lora_r}, alpha {config.lora_alpha}, dropout {config.lora_dropout})",
-            f"- LM loss: label smoothing {config.label_smoothing}, EOS weight {config.eos_weight}",
+            f"- LM loss: label smoothing {config.label_smoothing}, EOS weight {config.eos_weight}"
+            + (
+                f", Gaussian coordinate targets (std {config.coordinate_label_sigma} bins)"
+                if config.coordinate_label_sigma
+                else ""
+            ),
             f"- tasks: {', '.join(t for t in TASKS if t != 'panoptic')}",
         ]
         if base_models:

@@ -799,7 +799,13 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
                 label_weights = torch.where(labels == EOS_ID, config.eos_weight, 1.0).to(logits.dtype)
             if bool((labels != -100).any()):
                 losses["lm_loss"] = config.lm_loss_weight * weighted_lm_loss(
-                    logits, labels, label_weights, config.label_smoothing, num_classes=config.vocab.size
+                    logits,
+                    labels,
+                    label_weights,
+                    config.label_smoothing,
+                    num_classes=config.vocab.size,
+                    coordinate_bins=(config.vocab.coord_offset, config.vocab.num_bins),
+                    coordinate_sigma=config.coordinate_label_sigma,
                 )
         if point_targets is not None and points is not None:
             mask = point_mask.bool() if point_mask is not None else torch.isfinite(point_targets).all(-1)
