@@ -518,7 +518,7 @@ def attention_maps(
             out = core.text_model(
                 encoder_outputs=encoder_outputs,
                 attention_mask=encoder_mask[:1],
-                decoder_inputs_embeds=core.embed_tokens(shift_right(sequences)).to(prefix.dtype),
+                decoder_inputs_embeds=core.decoder_inputs(shift_right(sequences)).to(prefix.dtype),
                 output_attentions=True,
                 return_dict=True,
             )

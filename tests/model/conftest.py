@@ -10,12 +10,12 @@ from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
 from pixtok.model.processing_pixtok import PixtokProcessor
 
 
-@pytest.fixture(scope="module")
-def trained_looking_tiny():
+def make_trained_looking_tiny(**overrides):
     """The tiny preset (frozen T5 + LoRA + added-token delta rows) with non-zero LoRA updates and
-    token deltas, as after training, in eval mode; its processor; two random images of other sizes."""
+    token deltas, as after training, in eval mode; its processor; two random images of other sizes.
+    ``overrides`` go to the preset's config."""
     torch.manual_seed(0)
-    config = PixtokConfig.from_preset("tiny")
+    config = PixtokConfig.from_preset("tiny", **overrides)
     model = PixtokForConditionalGeneration(config).eval()
     assert model.model.added_tokens is not None
     with torch.no_grad():
@@ -28,3 +28,9 @@ def trained_looking_tiny():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((90, 120), (128, 64))
     ]
     return model, processor, images
+
+
+@pytest.fixture(scope="module")
+def trained_looking_tiny():
+    """:func:`make_trained_looking_tiny` with the preset as it is."""
+    return make_trained_looking_tiny()

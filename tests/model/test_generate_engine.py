@@ -50,3 +50,19 @@ def test_engine_runs_under_a_callers_autocast(model_and_batch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         cast = model.generate(**batch, **kwargs)
     assert cast.sequences.shape == reference.sequences.shape
+
+
+def test_engine_folds_in_the_input_scale():
+    """``text_input_scale`` multiplies the decoder's token and position rows (and the added-token
+    deltas): the engine's scaled copies must decode what the plain loop decodes."""
+    from .conftest import make_trained_looking_tiny
+
+    model, processor, images = make_trained_looking_tiny(text_input_scale=3.0, decoder_position_embeddings=32)
+    batch = processor(images=images, task="detection", return_tensors="pt")
+    kwargs = {"max_new_tokens": 26, "do_sample": False, "eos_logit_offset": -5.0}
+    plain = model.generate(**batch, decode_engine=False, **kwargs)
+    fast = model.generate(**batch, decode_engine=True, **kwargs)
+    assert torch.equal(plain.sequences, fast.sequences)
+    torch.testing.assert_close(fast.token_scores, plain.token_scores, atol=1e-4, rtol=1e-4)
+    unscaled = make_trained_looking_tiny(decoder_position_embeddings=32)[0]
+    assert not torch.equal(unscaled.generate(**batch, **kwargs).token_scores, plain.token_scores)

@@ -190,6 +190,13 @@ class PixtokConfig(PretrainedConfig):
             T5's own init (factor 1.0) and unscaled decoder outputs, ``d_model ** -0.5`` starts the
             logits at unit std with the head of a plain transformer decoder. A fresh model only:
             loaded and pretrained weights are not touched. `None`: T5's init.
+        text_input_scale (`float`, *optional*, defaults to 1.0):
+            Multiplier of the T5's input embeddings: the encoder's text tokens and the decoder's
+            input tokens with their position rows. T5 as released uses 1.0 (its rows are ~unit
+            scale). A model trained from scratch with ``text_embedding_init_std = d_model ** -0.5``
+            (the tied head's rows of a plain transformer) sets ``d_model ** 0.5``, the transformer's
+            own input scaling: otherwise its text and decoder tokens enter at 1/20 of the image
+            tokens' and attention outputs' scale and must first grow before they are heard.
         num_proposals (`int`, *optional*, defaults to 20):
             Boxes the proposal head keeps per image for dense captioning.
         trace_head_hidden_size (`int`, *optional*, defaults to 256):
@@ -274,6 +281,7 @@ class PixtokConfig(PretrainedConfig):
         max_objects: int = 100,
         decoder_position_embeddings: int = 0,
         text_embedding_init_std: float | None = None,
+        text_input_scale: float = 1.0,
         num_proposals: int = 20,
         trace_head_hidden_size: int = 256,
         trace_head_num_layers: int = 3,
@@ -353,6 +361,9 @@ class PixtokConfig(PretrainedConfig):
         if text_embedding_init_std is not None and not text_embedding_init_std > 0:
             raise ValueError(f"text_embedding_init_std must be > 0 or None, got {text_embedding_init_std}")
         self.text_embedding_init_std = text_embedding_init_std
+        if not text_input_scale > 0:
+            raise ValueError(f"text_input_scale must be > 0, got {text_input_scale}")
+        self.text_input_scale = float(text_input_scale)
         self.num_proposals = num_proposals
         self.trace_head_hidden_size = trace_head_hidden_size
         self.trace_head_num_layers = trace_head_num_layers

@@ -500,6 +500,8 @@ class StaticT5Decoder:
             ``None`` = wherever :func:`pdl_supported` says it works.
         position_embeddings: optional (P, D) absolute position table added to the input embedding
             at each step (pixtok's ``decoder_position_embeddings``); decoding stops at P steps.
+        input_scale: multiplier of the input embedding (token row plus position row), pixtok's
+            ``text_input_scale``; folded into the engine's copies of the two tables.
     """
 
     def __init__(
@@ -516,6 +518,7 @@ class StaticT5Decoder:
         kernels: str = "auto",
         position_embeddings: Tensor | None = None,
         pdl: bool | None = None,
+        input_scale: float = 1.0,
     ) -> None:
         if hasattr(t5, "get_base_model"):  # a peft PeftModel: read the injected layers underneath
             t5 = t5.get_base_model()
@@ -588,6 +591,11 @@ class StaticT5Decoder:
                 self.positions = torch.zeros(self.max_length, self.d_model, device=self.device, dtype=dtype)
                 rows = min(self.max_length, position_embeddings.shape[0])
                 self.positions[:rows] = self._w(position_embeddings[:rows])
+            self.input_scale = float(input_scale)
+            if self.input_scale != 1.0:  # new tensors: the engine's copies may share the T5's storage
+                self.embedding = self.embedding * self.input_scale
+                if self.positions is not None:
+                    self.positions = self.positions * self.input_scale
         self._batch = 0
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._row_cache: dict[tuple, tuple[list[Tensor], list[Tensor], list[Tensor] | None]] = {}

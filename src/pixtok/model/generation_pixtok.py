@@ -128,13 +128,16 @@ class PixtokGenerationMixin:
             dtype=dtype,
             device=device,
             position_embeddings=None if positions is None else positions.weight.detach(),
+            input_scale=self.config.text_input_scale,
         )
         added = self.model.added_tokens
         if added is not None:  # the frozen-T5 case: pixtok's own rows learn as deltas
             # clone first: on the T5's own device and dtype the engine's tensors share its storage
             base = added.base_vocab_size
             engine.embedding = engine.embedding.clone()
-            engine.embedding[base:] += added.embedding_delta.detach().to(engine.embedding)
+            engine.embedding[base:] += (
+                added.embedding_delta.detach().to(engine.embedding) * engine.input_scale
+            )
             engine.lm_head = engine.lm_head.clone()
             engine.lm_head[base:] += added.head_delta.detach().to(engine.lm_head)
         self.__dict__["_decode_engine"] = (key, engine)  # not a submodule: never saved, never moved

@@ -321,6 +321,18 @@ class PixtokModel(PixtokPreTrainedModel):
             embeddings = self.added_tokens.embed(input_ids, embeddings)
         return embeddings
 
+    def decoder_inputs(
+        self, decoder_input_ids: torch.Tensor, start: int = 0, check: bool = True
+    ) -> torch.Tensor:
+        """(B, T) ids at decoder steps ``start …`` -> (B, T, d_model) T5 decoder input embeddings:
+        the token rows plus the position table's rows (``decoder_position_embeddings``), times
+        ``config.text_input_scale``. The decode engine builds the same from scaled weight copies."""
+        embeds = self.embed_tokens(decoder_input_ids, check=check)
+        if self.decoder_positions is not None:
+            embeds = self.decoder_positions(embeds, start)
+        scale = self.config.text_input_scale
+        return embeds if scale == 1.0 else embeds * scale
+
     def default_prompt(
         self, batch_size: int, image_sizes: torch.Tensor | None, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -444,7 +456,7 @@ class PixtokModel(PixtokPreTrainedModel):
         if input_ids is not None:
             if input_ids.shape[0] != batch:
                 raise ValueError(f"input_ids holds {input_ids.shape[0]} rows for {batch} images")
-            text = self.embed_tokens(input_ids.to(device)).to(prefix.dtype)
+            text = (self.embed_tokens(input_ids.to(device)) * self.config.text_input_scale).to(prefix.dtype)
             text_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
             inputs_embeds = torch.cat([prefix, text], dim=1)
             mask = torch.cat([prefix_mask, text_mask.to(device=device, dtype=torch.long)], dim=1)
@@ -474,10 +486,8 @@ class PixtokModel(PixtokPreTrainedModel):
         Returns:
             logits (B, T, V), last decoder states (B, T, d_model), cache.
         """
-        embeds = self.embed_tokens(decoder_input_ids, check=past_key_values is None)
-        if self.decoder_positions is not None:
-            start = 0 if past_key_values is None else past_key_values.get_seq_length()
-            embeds = self.decoder_positions(embeds, start)
+        start = 0 if past_key_values is None else past_key_values.get_seq_length()
+        embeds = self.decoder_inputs(decoder_input_ids, start, check=past_key_values is None)
         out = self.text_model(
             encoder_outputs=encoder_outputs,
             attention_mask=encoder_attention_mask,
