@@ -230,6 +230,14 @@ class PixtokConfig(PretrainedConfig):
             Weight of the mask focal term (SAM's 20 : 1 focal : dice).
         mask_dice_weight (`float`, *optional*, defaults to 1.0):
             Weight of the mask dice term.
+        grounding_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the referring grounding loss (0: no grounding head). A linear head on the T5
+            encoder's output at the extractor's grid tokens (``extractor_config.grid_tokens`` > 0)
+            says which grid cells the referred object's mask covers: focal and dice terms (weighted
+            as the mask loss's) against the mask target average-pooled to the grid. The encoder
+            then has to mark the object the text names on the image tokens themselves, a dense
+            signal for tying words to image regions that the box and coordinate losses give only
+            through one decoder state. Training only; generation does not read it.
         proposal_objectness_weight (`float`, *optional*, defaults to 1.0):
             Weight of the proposal head's focal objectness term.
         proposal_l1_weight (`float`, *optional*, defaults to 5.0):
@@ -297,6 +305,7 @@ class PixtokConfig(PretrainedConfig):
         box_giou_weight: float = 2.0,
         mask_focal_weight: float = 20.0,
         mask_dice_weight: float = 1.0,
+        grounding_loss_weight: float = 0.0,
         proposal_objectness_weight: float = 1.0,
         proposal_l1_weight: float = 5.0,
         proposal_giou_weight: float = 2.0,
@@ -381,6 +390,14 @@ class PixtokConfig(PretrainedConfig):
         self.box_giou_weight = box_giou_weight
         self.mask_focal_weight = mask_focal_weight
         self.mask_dice_weight = mask_dice_weight
+        if grounding_loss_weight < 0:
+            raise ValueError(f"grounding_loss_weight must be >= 0, got {grounding_loss_weight}")
+        if grounding_loss_weight > 0 and not self.extractor_config.grid_tokens:
+            raise ValueError(
+                "grounding_loss_weight > 0 needs the extractor's grid tokens (extractor_config.grid_tokens > 0): "
+                "the grounding head reads the T5 encoder's output at them"
+            )
+        self.grounding_loss_weight = float(grounding_loss_weight)
         self.proposal_objectness_weight = proposal_objectness_weight
         self.proposal_l1_weight = proposal_l1_weight
         self.proposal_giou_weight = proposal_giou_weight

@@ -259,6 +259,37 @@ class BoxHead(nn.Module):
         return cxcywh_to_xyxy(self.mlp(state).sigmoid())
 
 
+class GroundingHead(nn.Module):
+    """T5 encoder states at the extractor's grid tokens -> where the referred object is.
+
+    The grid tokens enter the T5 encoder beside the expression's tokens; this head reads them back
+    out as one logit per cell ("the object the text names covers this cell"), trained against the
+    referred mask pooled to the grid (:meth:`targets`). It is a training signal (PixelLLM has no such
+    head): to lower it, the encoder must tie the expression's words to image positions.
+
+    Args:
+        input_size: encoder width (T5 ``d_model``).
+        offset: index of the first grid token in the encoder sequence (the extractor's learnable tokens
+            come first).
+        side: grid tokens per side.
+    """
+
+    def __init__(self, input_size: int, offset: int, side: int) -> None:
+        super().__init__()
+        self.offset, self.side = offset, side
+        self.proj = nn.Linear(input_size, 1)
+
+    def forward(self, encoder_states: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) encoder output -> (B, side, side) logits, the grid row-major as the extractor lays it."""
+        grid = encoder_states[:, self.offset : self.offset + self.side**2]
+        return self.proj(grid).squeeze(-1).unflatten(1, (self.side, self.side))
+
+    def targets(self, masks: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) masks in model space, values in [0, 1] -> (N, side, side) covered fraction of
+        each cell (the extractor's ``adaptive_avg_pool2d`` cells)."""
+        return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), self.side).squeeze(1)
+
+
 class ProposalHead(nn.Module):
     """Class-agnostic box proposals on the feature grid (for dense captioning).
 
@@ -363,6 +394,7 @@ class ProposalHead(nn.Module):
 __all__ = [
     "MLP",
     "BoxHead",
+    "GroundingHead",
     "ProposalHead",
     "TraceHead",
     "box_iou_and_giou",

@@ -37,6 +37,7 @@ from .eva02 import load_timm_eva02
 from .generation_pixtok import PixtokGenerateOutput, PixtokGenerationMixin
 from .heads import (
     BoxHead,
+    GroundingHead,
     ProposalHead,
     TraceHead,
     box_regression_loss,
@@ -97,13 +98,15 @@ class PixtokOutput(ModelOutput):
 
     Attributes:
         loss: scalar total.
-        lm_loss, trace_loss, box_loss, mask_loss, proposal_loss: scalars or `None`.
+        lm_loss, trace_loss, box_loss, mask_loss, proposal_loss, grounding_loss: scalars or `None`.
         logits: (B, T, V), V = ``text_config.vocab_size`` (padding columns past ``vocab.size``).
         points: (B, T, 2) xy model space, one per decoder position.
         pred_boxes: (B, 4) xyxy model space, from the first output step's state.
         pred_masks: (B, 1, 4g, 4g) mask logits (only when mask targets were given).
         proposal_logits: (B, g*g) objectness logits (only with proposal targets).
         proposal_boxes: (B, g*g, 4) xyxy model space (only with proposal targets).
+        grounding_logits: (B, s, s) per grid cell, s = extractor_config.grid_tokens (only with
+            mask targets and ``config.grounding_loss_weight > 0``).
         encoder_last_hidden_state: (B, P + Lp, d_model), P = extractor_config.prefix_length.
     """
 
@@ -113,12 +116,14 @@ class PixtokOutput(ModelOutput):
     box_loss: torch.Tensor | None = None
     mask_loss: torch.Tensor | None = None
     proposal_loss: torch.Tensor | None = None
+    grounding_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     points: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
     pred_masks: torch.Tensor | None = None
     proposal_logits: torch.Tensor | None = None
     proposal_boxes: torch.Tensor | None = None
+    grounding_logits: torch.Tensor | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
 
 
@@ -241,7 +246,7 @@ class PixtokModel(PixtokPreTrainedModel):
 
     # the task heads of PixtokForConditionalGeneration, when loading the backbone from its folder
     _keys_to_ignore_on_load_unexpected = [
-        r"^(trace_head|box_head|mask_decoder|mask_prompt_embed|proposal_head)\b"
+        r"^(trace_head|box_head|grounding_head|mask_decoder|mask_prompt_embed|proposal_head)\b"
     ]
 
     def __init__(self, config: PixtokConfig) -> None:
@@ -660,6 +665,12 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
         self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
         self.mask_prompt_embed = nn.Parameter(torch.zeros(1, 1, config.mask_decoder_config.hidden_size))
         self.proposal_head = ProposalHead(self.model.towers.fused_channels, config.proposal_head_hidden_size)
+        extractor = config.extractor_config
+        self.grounding_head = (
+            GroundingHead(d_model, extractor.num_tokens, extractor.grid_tokens)
+            if config.grounding_loss_weight > 0
+            else None
+        )
         self.post_init()
         reset_lora(self.model.text_model)  # post_init re-initialized the adapters' Linear layers
         self.apply_freeze_policy()
@@ -793,7 +804,7 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
         )
         logits, states = base.logits, base.decoder_hidden_states
         losses: dict[str, torch.Tensor] = {}
-        points = pred_boxes = pred_masks = proposal_logits = proposal_pred = None
+        points = pred_boxes = pred_masks = proposal_logits = proposal_pred = grounding_logits = None
 
         if states is not None:
             points = self.trace_head(states)
@@ -854,6 +865,14 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
                     )
                 focal, dice = mask_losses(logits_m[valid], mask_targets[valid])
                 losses["mask_loss"] = config.mask_focal_weight * focal + config.mask_dice_weight * dice
+                if self.grounding_head is not None:
+                    grounding_logits = self.grounding_head(base.encoder_last_hidden_state)
+                    focal, dice = mask_losses(
+                        grounding_logits[valid], self.grounding_head.targets(mask_targets[valid])
+                    )
+                    losses["grounding_loss"] = config.grounding_loss_weight * (
+                        config.mask_focal_weight * focal + config.mask_dice_weight * dice
+                    )
         if proposal_boxes is not None:
             valid = (
                 proposal_mask.bool()
@@ -879,12 +898,14 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             box_loss=losses.get("box_loss"),
             mask_loss=losses.get("mask_loss"),
             proposal_loss=losses.get("proposal_loss"),
+            grounding_loss=losses.get("grounding_loss"),
             logits=logits,
             points=points,
             pred_boxes=pred_boxes,
             pred_masks=pred_masks,
             proposal_logits=proposal_logits,
             proposal_boxes=proposal_pred,
+            grounding_logits=grounding_logits,
             encoder_last_hidden_state=base.encoder_last_hidden_state,
         )
 

@@ -1,0 +1,100 @@
+"""``grounding_loss_weight``: the referring grounding head on the T5 encoder's grid-token outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pixtok.model.configuration_pixtok import PixtokConfig
+from pixtok.model.heads import GroundingHead, mask_losses
+from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+
+from .test_modeling import full_batch
+
+
+def grounded(weight: float = 0.5, side: int = 4) -> PixtokForConditionalGeneration:
+    torch.manual_seed(0)
+    config = PixtokConfig.from_preset(
+        "tiny", lora_r=0, extractor_config={"grid_tokens": side}, grounding_loss_weight=weight
+    )
+    return PixtokForConditionalGeneration(config)
+
+
+def test_config_checks_the_weight_and_needs_grid_tokens() -> None:
+    with pytest.raises(ValueError, match="grid_tokens"):
+        PixtokConfig.from_preset("tiny", grounding_loss_weight=1.0)  # the tiny extractor has no grid
+    with pytest.raises(ValueError, match=">= 0"):
+        PixtokConfig.from_preset("tiny", extractor_config={"grid_tokens": 4}, grounding_loss_weight=-1.0)
+    plain = PixtokForConditionalGeneration(PixtokConfig.from_preset("tiny"))
+    assert plain.grounding_head is None
+    assert plain(**full_batch(plain.config)).grounding_loss is None
+
+
+def test_head_reads_the_grid_tokens_row_major_and_pools_masks_to_the_same_cells() -> None:
+    side, offset = 3, 5
+    head = GroundingHead(2, offset, side)
+    with torch.no_grad():
+        head.proj.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        head.proj.bias.zero_()
+    states = torch.zeros(1, offset + side * side + 4, 2)
+    states[0, offset + 1 * side + 2, 0] = 7.0  # grid row 1, column 2
+    states[0, :offset, 0] = 9.0  # learnable tokens before the grid, text after it: not read
+    states[0, offset + side * side :, 0] = 9.0
+    logits = head(states)
+    expected = torch.zeros(1, side, side)
+    expected[0, 1, 2] = 7.0
+    torch.testing.assert_close(logits, expected)
+    # the extractor pools its features to side x side with adaptive_avg_pool2d, row-major
+    mask = torch.zeros(1, 12, 12)
+    mask[0, 4:8, 8:12] = 1.0  # exactly cell (1, 2)
+    mask[0, 0:2, 0:4] = 1.0  # half of cell (0, 0)
+    target = head.targets(mask)
+    expected = torch.zeros(1, side, side)
+    expected[0, 1, 2], expected[0, 0, 0] = 1.0, 0.5
+    torch.testing.assert_close(target, expected)
+
+
+def test_loss_is_the_mask_loss_form_on_the_pooled_referred_mask_and_reads_the_text() -> None:
+    model = grounded(weight=0.5, side=4)
+    batch = full_batch(model.config)
+    out = model(**batch)
+    config = model.config
+    # by hand: the head on the encoder's grid positions, against the masked rows' pooled masks
+    offset = config.extractor_config.num_tokens
+    grid = out.encoder_last_hidden_state[:, offset : offset + 16]
+    logits = model.grounding_head.proj(grid).squeeze(-1).reshape(2, 4, 4)
+    torch.testing.assert_close(out.grounding_logits, logits)
+    valid = batch["mask_valid"]
+    target = torch.nn.functional.adaptive_avg_pool2d(batch["mask_targets"][valid].unsqueeze(1), 4).squeeze(1)
+    assert 0 < target.sum() < target.numel()  # the fixture's mask covers some cells, partly
+    focal, dice = mask_losses(logits[valid], target)
+    expected = 0.5 * (config.mask_focal_weight * focal + config.mask_dice_weight * dice)
+    torch.testing.assert_close(out.grounding_loss, expected)
+    names = ("lm_loss", "trace_loss", "box_loss", "mask_loss", "proposal_loss", "grounding_loss")
+    torch.testing.assert_close(out.loss, sum(getattr(out, n) for n in names))
+    # the loss trains the head, the encoder and the text embeddings the expression enters with
+    model.zero_grad()
+    out.grounding_loss.backward()
+    assert model.grounding_head.proj.weight.grad.abs().sum() > 0
+    shared = model.model.text_model.shared.weight.grad
+    assert shared[batch["input_ids"][0]].abs().sum(1).gt(0).all()  # row 0 has the mask target
+    # other text, other grid logits: the head reads the encoder after it has seen the expression
+    other = dict(batch, input_ids=batch["input_ids"].flip(1))
+    with torch.no_grad():
+        assert not torch.allclose(model(**other).grounding_logits, out.grounding_logits)
+
+
+def test_no_mask_rows_no_grounding_loss() -> None:
+    model = grounded()
+    batch = full_batch(model.config)
+    batch["mask_valid"] = torch.tensor([False, False])
+    out = model(**batch)
+    assert out.grounding_loss is None and out.mask_loss is None
+
+
+def test_head_round_trips_through_save_pretrained(tmp_path) -> None:
+    model = grounded(weight=2.0, side=4)
+    model.save_pretrained(tmp_path)
+    loaded = PixtokForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.grounding_loss_weight == 2.0
+    torch.testing.assert_close(loaded.grounding_head.proj.weight, model.grounding_head.proj.weight)
