@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pixtok.model.configuration_pixtok import PixtokConfig
 from pixtok.tasks import build_task
 from pixtok.training.config import ConfigError, load_config, task_options
 
@@ -32,6 +33,9 @@ def test_every_row_config_is_valid_and_names_its_headlines(row):
     assert recipe.train.output_dir == f"outputs/learning/{row}"  # rows never share a run folder
     for name, options in recipe.tasks.items():  # task options (generate, augmentation) are valid
         build_task(name, **task_options(options))
+    # the model's overrides make a valid config (a variant that turns off the grid tokens must also
+    # turn off the grounding head that reads them)
+    PixtokConfig.from_preset(recipe.model.preset, **recipe.model.overrides)
 
 
 def test_augmentation_variants_reach_the_task():
