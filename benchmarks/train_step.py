@@ -23,6 +23,11 @@ for H100 SXM / H200, the same figure ``towers.py`` uses).
     PYTHONPATH=src python3 benchmarks/train_step.py [--batch 8] [--compile reduce-overhead] [--out DIR]
     PYTHONPATH=src python3 benchmarks/train_step.py --device cpu --preset tiny --skip-xl   # smoke
 
+``--reduced-math-sdp`` lets SDPA's math fallback run bf16 inputs in bf16: since torch 2.5 it upcasts
+them to fp32 by default, and on CPU the ``base`` cached step's T5 attention takes that fallback (a
+dispatch trace of one step shows its ``bmm`` calls in fp32, 12 per shape: one per decoder layer);
+whether the GPU step's fp32 SIMT GEMMs are the same calls is what the flag times.
+
 Writes ``benchmarks/results/train.json`` (``base_mfu``, ``cache_speedup``, ``xl_peak_gb``, …).
 """
 
@@ -216,8 +221,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--skip-xl", action="store_true")
     parser.add_argument("--out", help="also write the JSON here (a folder)")
+    parser.add_argument(
+        "--reduced-math-sdp",
+        action="store_true",
+        help="let SDPA's math fallback compute bf16 inputs in bf16 (torch's default upcasts them to fp32)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.reduced_math_sdp:
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
     metrics: dict[str, float] = {}
     batches = [int(b) for b in str(args.batches or args.batch).split(",")]
     mode = args.compile
