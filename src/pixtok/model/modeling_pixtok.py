@@ -863,15 +863,11 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
                         f"mask_targets must be (B, {logits_m.shape[-2]}, {logits_m.shape[-1]}) (the mask decoder's "
                         f"resolution), got {tuple(mask_targets.shape)}"
                     )
-                focal, dice = mask_losses(logits_m[valid], mask_targets[valid])
-                losses["mask_loss"] = config.mask_focal_weight * focal + config.mask_dice_weight * dice
+                losses["mask_loss"] = self._weighted_mask_loss(logits_m[valid], mask_targets[valid])
                 if self.grounding_head is not None:
                     grounding_logits = self.grounding_head(base.encoder_last_hidden_state)
-                    focal, dice = mask_losses(
+                    losses["grounding_loss"] = config.grounding_loss_weight * self._weighted_mask_loss(
                         grounding_logits[valid], self.grounding_head.targets(mask_targets[valid])
-                    )
-                    losses["grounding_loss"] = config.grounding_loss_weight * (
-                        config.mask_focal_weight * focal + config.mask_dice_weight * dice
                     )
         if proposal_boxes is not None:
             valid = (
@@ -908,6 +904,12 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             grounding_logits=grounding_logits,
             encoder_last_hidden_state=base.encoder_last_hidden_state,
         )
+
+    def _weighted_mask_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mask decoder's loss form (also the grounding head's): focal and dice, weighted by
+        ``config.mask_focal_weight`` and ``config.mask_dice_weight``."""
+        focal, dice = mask_losses(logits, targets)
+        return self.config.mask_focal_weight * focal + self.config.mask_dice_weight * dice
 
     @staticmethod
     def _mask_prompt_boxes(
