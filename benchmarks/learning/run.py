@@ -29,6 +29,12 @@ Run-to-run spread: ``--set train.seed=N --name <row>_seedN`` trains the same row
 init, data order and augmentation (the synthetic images stay) and writes ``learning_<row>_seedN``;
 ``gpu_rows.sh`` does both for an entry ``<row>%N``.
 
+Compiling on a fresh machine (``train.compile``) takes minutes of the row's time limit. ``--compile-cache
+FILE`` carries the compiler's work between machines: torch's portable cache artifacts
+(``torch.compiler.save_cache_artifacts``: Inductor's kernels, AOTAutograd graphs, autotuning) are
+loaded from FILE before training when it exists and written to FILE (gzip) afterwards. They only hit
+for the same torch/Triton versions and GPU model; CUDA graphs are still recorded at run time.
+
 Under ``accelerate launch`` the row trains on every process (DDP/FSDP from the accelerate config);
 the main process writes the result. ``benchmarks/learning/report.py`` turns the JSON files into the
 table and loss curves of ``benchmarks/RESULTS.md``.
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gzip
 import json
 import os
 import re
@@ -171,6 +178,30 @@ def count_parameters(output_dir: Path) -> int | None:
     return total or None
 
 
+def load_compile_cache(path: Path) -> None:
+    """Hot-load torch's portable compile cache (see the module docstring)."""
+    import torch
+
+    info = torch.compiler.load_cache_artifacts(gzip.decompress(path.read_bytes()))
+    counts = {k: len(v) for k, v in vars(info).items() if isinstance(v, list)} if info else {}
+    print(f"compile cache: loaded {path} ({path.stat().st_size / 2**20:.1f} MiB) {counts}", flush=True)
+
+
+def save_compile_cache(path: Path) -> None:
+    """Write the compile artifacts this process made or loaded to ``path`` (gzip, atomically)."""
+    import torch
+
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        print("compile cache: nothing to save", flush=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(gzip.compress(saved[0], compresslevel=6))
+    os.replace(tmp, path)
+    print(f"compile cache: saved {path} ({path.stat().st_size / 2**20:.1f} MiB)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("row", nargs="?", help="a row: " + ", ".join(rows()))
@@ -182,6 +213,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    parser.add_argument(
+        "--compile-cache",
+        metavar="FILE",
+        help="load torch's compile cache artifacts from FILE, save them after",
     )
     args = parser.parse_args(argv)
     if args.list or not args.row:
@@ -202,7 +238,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
     recipe = row_config(args.row, overrides)
+    cache = Path(args.compile_cache) if args.compile_cache else None
+    if cache is not None and cache.exists():
+        load_compile_cache(cache)
     result = run_recipe(recipe)
+    if cache is not None and result:
+        save_compile_cache(cache)
     if not result:  # not the main process
         return {}
 

@@ -41,8 +41,8 @@ def test_head_reads_the_grid_tokens_row_major_and_pools_masks_to_the_same_cells(
     states[0, :offset, 0] = 9.0  # learnable tokens before the grid, text after it: not read
     states[0, offset + side * side :, 0] = 9.0
     logits = head(states)
-    expected = torch.zeros(1, side, side)
-    expected[0, 1, 2] = 7.0
+    expected = torch.zeros(1, 1, side, side)  # (B, channels, side, side)
+    expected[0, 0, 1, 2] = 7.0
     torch.testing.assert_close(logits, expected)
     # the extractor pools its features to side x side with adaptive_avg_pool2d, row-major
     mask = torch.zeros(1, 12, 12)
@@ -98,3 +98,71 @@ def test_head_round_trips_through_save_pretrained(tmp_path) -> None:
     loaded = PixtokForConditionalGeneration.from_pretrained(tmp_path)
     assert loaded.config.grounding_loss_weight == 2.0
     torch.testing.assert_close(loaded.grounding_head.proj.weight, model.grounding_head.proj.weight)
+
+
+# --- class_map_loss_weight: the same head, one channel per class, on detection boxes ---------------
+def class_mapped(weight: float = 0.5, side: int = 4) -> PixtokForConditionalGeneration:
+    torch.manual_seed(0)
+    config = PixtokConfig.from_preset(
+        "tiny", lora_r=0, extractor_config={"grid_tokens": side}, class_map_loss_weight=weight
+    )
+    return PixtokForConditionalGeneration(config)
+
+
+def test_box_targets_rasterise_each_class_to_the_cells_it_covers() -> None:
+    side = 4
+    head = GroundingHead(2, 0, side, channels=3)
+    boxes = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 0.5, 0.25],  # class 2: cells (0, 0) and (0, 1) whole
+                [0.125, 0.5, 0.25, 1.0],  # class 2: half of cells (2, 0) and (3, 0)
+                [0.0, 0.0, 0.25, 0.25],  # class 2 again over (0, 0): the max, not a sum
+                [0.5, 0.5, 1.0, 1.0],  # padding (class -1): not drawn
+            ]
+        ]
+    )
+    classes = torch.tensor([[2, 2, 2, -1]])
+    target = head.box_targets(boxes, classes)
+    expected = torch.zeros(1, 3, side, side)
+    expected[0, 2, 0, 0] = expected[0, 2, 0, 1] = 1.0
+    expected[0, 2, 2, 0] = expected[0, 2, 3, 0] = 0.5
+    torch.testing.assert_close(target, expected)
+    # a box's cover is the product of its row and column overlaps, as the mask pooling gives
+    mask = torch.zeros(1, 16, 16)
+    mask[0, 3:10, 5:14] = 1.0
+    box = torch.tensor([[[5 / 16, 3 / 16, 14 / 16, 10 / 16]]])
+    torch.testing.assert_close(
+        GroundingHead(2, 0, side).box_targets(box, torch.tensor([[0]]))[:, 0], head.targets(mask)
+    )
+
+
+def test_class_map_loss_on_detection_boxes_and_config_checks() -> None:
+    with pytest.raises(ValueError, match="class_map_loss_weight > 0 needs"):
+        PixtokConfig.from_preset("tiny", class_map_loss_weight=1.0)
+    model = class_mapped(weight=0.5)
+    config = model.config
+    batch = full_batch(config)
+    batch["object_boxes"] = torch.tensor([[[0.1, 0.1, 0.6, 0.5], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]]])
+    batch["object_classes"] = torch.tensor([[3, -1], [-1, -1]])  # row 1: no objects (another task)
+    out = model(**batch)
+    assert out.class_map_logits.shape == (2, config.vocab.num_classes, 4, 4)
+    head = model.class_map_head
+    target = head.box_targets(batch["object_boxes"][:1], batch["object_classes"][:1])
+    logits = out.class_map_logits[:1]
+    focal, _ = mask_losses(logits.flatten(0, 1), target.flatten(0, 1))
+    _, dice = mask_losses(logits[:, 3], target[:, 3])  # dice on the present class only
+    expected = 0.5 * (config.mask_focal_weight * focal + config.mask_dice_weight * dice)
+    torch.testing.assert_close(out.class_map_loss, expected)
+    names = ("lm_loss", "trace_loss", "box_loss", "mask_loss", "proposal_loss", "class_map_loss")
+    torch.testing.assert_close(out.loss, sum(getattr(out, n) for n in names))
+    model.zero_grad()
+    out.class_map_loss.backward()
+    assert model.class_map_head.proj.weight.grad[3].abs().sum() > 0
+    encoder = model.model.text_model.encoder  # the dense signal reaches the encoder's weights
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+    # no objects in the batch, no loss; a model without the head ignores the boxes
+    batch["object_classes"] = torch.full((2, 2), -1)
+    assert model(**batch).class_map_loss is None
+    plain = PixtokForConditionalGeneration(PixtokConfig.from_preset("tiny"))
+    assert plain.class_map_head is None and plain(**batch).class_map_loss is None

@@ -126,6 +126,23 @@ def test_detection_targets_match_encode_detection_and_are_padded(proc):
     assert batch["label_weights"][1, 1:].abs().sum() == 0
 
 
+def test_detection_batches_carry_the_real_objects_for_the_class_map(proc):
+    """object_boxes / object_classes: model-space boxes of the valid real objects, no noise, -1 padding."""
+    boxes = [[8, 4, 40, 28], [3, 3, 3, 9], [0, 0, 16, 16]]  # the second is empty: dropped
+    batch = proc(
+        images=[image(64, 48), image()],
+        task="detection",
+        targets=[{"boxes": boxes, "labels": [5, 1, 2], "augment": True}, {"boxes": [], "labels": []}],
+        rng=np.random.default_rng(0),
+    )
+    assert batch["object_classes"].tolist() == [[5, 2], [-1, -1]]
+    torch.testing.assert_close(
+        batch["object_boxes"][0], torch.tensor([[8, 4, 40, 28], [0, 0, 16, 16]]) / 64.0
+    )
+    caption = proc(images=image(), task="caption", targets=[{"text": "a cat", "points": [[1, 1], [2, 2]]}])
+    assert "object_classes" not in caption
+
+
 def test_detection_augmentation_fills_with_noise(proc):
     batch = proc(
         images=image(),

@@ -255,3 +255,20 @@ def test_gpu_rows_entries_parse_steps_seed_and_gpu():
         "detection|detection|2|",
         "caption|caption_seed0|-|--set train.seed=0 --name caption_seed0",
     ]
+
+
+def test_compile_cache_round_trips_the_compilers_artifacts(tmp_path, monkeypatch):
+    """--compile-cache writes torch's cache artifacts gzip'd and a later process can hot-load them."""
+    import gzip
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    run = _module("run")
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: (x * 2).sin() + 1, backend="inductor")
+    x = torch.randn(8)
+    torch.testing.assert_close(compiled(x), (x * 2).sin() + 1)
+    path = tmp_path / "sub" / "cache.gz"
+    run.save_compile_cache(path)
+    blob = gzip.decompress(path.read_bytes())
+    assert len(blob) > 0 and not path.with_name("cache.gz.tmp").exists()
+    run.load_compile_cache(path)  # a fresh process does this before training

@@ -33,6 +33,7 @@ PAD_VALUES: dict[str, float | int | bool] = {
     "proposal_boxes": 0.0,
     "proposal_mask": False,
     "prompt_labels": -1,
+    "object_classes": -1,
 }
 """Pad value per tensor name; names not listed pad with 0."""
 

@@ -238,6 +238,13 @@ class PixtokConfig(PretrainedConfig):
             then has to mark the object the text names on the image tokens themselves, a dense
             signal for tying words to image regions that the box and coordinate losses give only
             through one decoder state. Training only; generation does not read it.
+        class_map_loss_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the detection class-map loss (0: no class-map head). The grounding head's form
+            with one channel per class (``id2label``): on detection examples it says, per grid cell,
+            which classes' boxes cover it, against the ground-truth boxes rasterised to the grid
+            (focal over every cell and class, dice over the classes present, the mask loss's
+            weights). A dense signal on the encoder's image tokens, where the sequence loss reaches
+            them only through cross-attention. Training only; needs ``extractor_config.grid_tokens`` > 0.
         proposal_objectness_weight (`float`, *optional*, defaults to 1.0):
             Weight of the proposal head's focal objectness term.
         proposal_l1_weight (`float`, *optional*, defaults to 5.0):
@@ -306,6 +313,7 @@ class PixtokConfig(PretrainedConfig):
         mask_focal_weight: float = 20.0,
         mask_dice_weight: float = 1.0,
         grounding_loss_weight: float = 0.0,
+        class_map_loss_weight: float = 0.0,
         proposal_objectness_weight: float = 1.0,
         proposal_l1_weight: float = 5.0,
         proposal_giou_weight: float = 2.0,
@@ -390,14 +398,16 @@ class PixtokConfig(PretrainedConfig):
         self.box_giou_weight = box_giou_weight
         self.mask_focal_weight = mask_focal_weight
         self.mask_dice_weight = mask_dice_weight
-        if grounding_loss_weight < 0:
-            raise ValueError(f"grounding_loss_weight must be >= 0, got {grounding_loss_weight}")
-        if grounding_loss_weight > 0 and not self.extractor_config.grid_tokens:
-            raise ValueError(
-                "grounding_loss_weight > 0 needs the extractor's grid tokens (extractor_config.grid_tokens > 0): "
-                "the grounding head reads the T5 encoder's output at them"
-            )
+        for name, weight in (("grounding", grounding_loss_weight), ("class_map", class_map_loss_weight)):
+            if weight < 0:
+                raise ValueError(f"{name}_loss_weight must be >= 0, got {weight}")
+            if weight > 0 and not self.extractor_config.grid_tokens:
+                raise ValueError(
+                    f"{name}_loss_weight > 0 needs the extractor's grid tokens (extractor_config.grid_tokens > 0): "
+                    f"the {name} head reads the T5 encoder's output at them"
+                )
         self.grounding_loss_weight = float(grounding_loss_weight)
+        self.class_map_loss_weight = float(class_map_loss_weight)
         self.proposal_objectness_weight = proposal_objectness_weight
         self.proposal_l1_weight = proposal_l1_weight
         self.proposal_giou_weight = proposal_giou_weight

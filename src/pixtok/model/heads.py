@@ -260,34 +260,68 @@ class BoxHead(nn.Module):
 
 
 class GroundingHead(nn.Module):
-    """T5 encoder states at the extractor's grid tokens -> where the referred object is.
+    """T5 encoder states at the extractor's grid tokens -> what each cell holds, one logit per channel.
 
-    The grid tokens enter the T5 encoder beside the expression's tokens; this head reads them back
-    out as one logit per cell ("the object the text names covers this cell"), trained against the
-    referred mask pooled to the grid (:meth:`targets`). It is a training signal (PixelLLM has no such
-    head): to lower it, the encoder must tie the expression's words to image positions.
+    The grid tokens enter the T5 encoder beside the prompt's tokens; this head reads them back out.
+    pixtok uses it twice, as a training signal (PixelLLM and Pix2Seq have no such head):
+
+    - referring (``grounding_head``, 1 channel): "the object the text names covers this cell",
+      against the referred mask pooled to the grid (:meth:`targets`); to lower it the encoder must tie
+      the expression's words to image positions;
+    - detection (``class_map_head``, one channel per class): "an object of class c covers this cell",
+      against the boxes rasterised to the grid (:meth:`box_targets`); a dense signal on the image
+      tokens where the sequence loss reaches the encoder only through cross-attention.
 
     Args:
         input_size: encoder width (T5 ``d_model``).
         offset: index of the first grid token in the encoder sequence (the extractor's learnable tokens
             come first).
         side: grid tokens per side.
+        channels: logits per cell.
     """
 
-    def __init__(self, input_size: int, offset: int, side: int) -> None:
+    def __init__(self, input_size: int, offset: int, side: int, channels: int = 1) -> None:
         super().__init__()
-        self.offset, self.side = offset, side
-        self.proj = nn.Linear(input_size, 1)
+        self.offset, self.side, self.channels = offset, side, channels
+        self.proj = nn.Linear(input_size, channels)
 
     def forward(self, encoder_states: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) encoder output -> (B, side, side) logits, the grid row-major as the extractor lays it."""
+        """(B, L, D) encoder output -> (B, channels, side, side) logits, the grid row-major as the
+        extractor lays it."""
         grid = encoder_states[:, self.offset : self.offset + self.side**2]
-        return self.proj(grid).squeeze(-1).unflatten(1, (self.side, self.side))
+        return self.proj(grid).transpose(1, 2).unflatten(2, (self.side, self.side))
 
     def targets(self, masks: torch.Tensor) -> torch.Tensor:
         """(N, H, W) masks in model space, values in [0, 1] -> (N, side, side) covered fraction of
         each cell (the extractor's ``adaptive_avg_pool2d`` cells)."""
         return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), self.side).squeeze(1)
+
+    def box_targets(self, boxes: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Boxes rasterised to the grid, one map per class.
+
+        Args:
+            boxes: (B, N, 4) xyxy model space ([0, 1] over the padded square, as the grid's cells).
+            classes: (B, N) long in ``[0, channels)``, -1 on padding.
+
+        Returns:
+            (B, channels, side, side): per class, the largest fraction of each cell one of its boxes
+            covers (two boxes of a class over one cell do not add up past 1).
+        """
+        edges = torch.arange(self.side + 1, device=boxes.device, dtype=torch.float32) / self.side
+        b = boxes.float().clamp(0, 1)
+
+        def overlap(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, N, side)
+            top = torch.minimum(hi[..., None], edges[1:])
+            bottom = torch.maximum(lo[..., None], edges[:-1])
+            return (top - bottom).clamp(min=0) * self.side
+
+        cover = overlap(b[..., 1], b[..., 3])[..., :, None] * overlap(b[..., 0], b[..., 2])[..., None, :]
+        valid = classes >= 0
+        cover = (cover * valid[..., None, None]).flatten(2)  # (B, N, side²)
+        index = classes.clamp(min=0)[..., None].expand_as(cover)
+        out = cover.new_zeros(boxes.shape[0], self.channels, self.side**2)
+        out = out.scatter_reduce(1, index, cover, reduce="amax")
+        return out.unflatten(2, (self.side, self.side))
 
 
 class ProposalHead(nn.Module):

@@ -98,7 +98,8 @@ class PixtokOutput(ModelOutput):
 
     Attributes:
         loss: scalar total.
-        lm_loss, trace_loss, box_loss, mask_loss, proposal_loss, grounding_loss: scalars or `None`.
+        lm_loss, trace_loss, box_loss, mask_loss, proposal_loss, grounding_loss, class_map_loss:
+            scalars or `None`.
         logits: (B, T, V), V = ``text_config.vocab_size`` (padding columns past ``vocab.size``).
         points: (B, T, 2) xy model space, one per decoder position.
         pred_boxes: (B, 4) xyxy model space, from the first output step's state.
@@ -107,6 +108,8 @@ class PixtokOutput(ModelOutput):
         proposal_boxes: (B, g*g, 4) xyxy model space (only with proposal targets).
         grounding_logits: (B, s, s) per grid cell, s = extractor_config.grid_tokens (only with
             mask targets and ``config.grounding_loss_weight > 0``).
+        class_map_logits: (B, num_classes, s, s) (only with object boxes and
+            ``config.class_map_loss_weight > 0``).
         encoder_last_hidden_state: (B, P + Lp, d_model), P = extractor_config.prefix_length.
     """
 
@@ -117,6 +120,7 @@ class PixtokOutput(ModelOutput):
     mask_loss: torch.Tensor | None = None
     proposal_loss: torch.Tensor | None = None
     grounding_loss: torch.Tensor | None = None
+    class_map_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     points: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
@@ -124,6 +128,7 @@ class PixtokOutput(ModelOutput):
     proposal_logits: torch.Tensor | None = None
     proposal_boxes: torch.Tensor | None = None
     grounding_logits: torch.Tensor | None = None
+    class_map_logits: torch.Tensor | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
 
 
@@ -246,7 +251,7 @@ class PixtokModel(PixtokPreTrainedModel):
 
     # the task heads of PixtokForConditionalGeneration, when loading the backbone from its folder
     _keys_to_ignore_on_load_unexpected = [
-        r"^(trace_head|box_head|grounding_head|mask_decoder|mask_prompt_embed|proposal_head)\b"
+        r"^(trace_head|box_head|grounding_head|class_map_head|mask_decoder|mask_prompt_embed|proposal_head)\b"
     ]
 
     def __init__(self, config: PixtokConfig) -> None:
@@ -671,6 +676,11 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             if config.grounding_loss_weight > 0
             else None
         )
+        self.class_map_head = (
+            GroundingHead(d_model, extractor.num_tokens, extractor.grid_tokens, config.vocab.num_classes)
+            if config.class_map_loss_weight > 0
+            else None
+        )
         self.post_init()
         reset_lora(self.model.text_model)  # post_init re-initialized the adapters' Linear layers
         self.apply_freeze_policy()
@@ -760,6 +770,8 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
         mask_valid: torch.Tensor | None = None,
         proposal_boxes: torch.Tensor | None = None,
         proposal_mask: torch.Tensor | None = None,
+        object_boxes: torch.Tensor | None = None,
+        object_classes: torch.Tensor | None = None,
         task_ids: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         image_embeddings: torch.Tensor | None = None,
@@ -780,6 +792,8 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             mask_targets, mask_valid: (B, 4g, 4g) in [0, 1], (B,) bool — mask decoder, prompted
                 with ``box_targets`` on rows with ``box_mask`` (teacher forcing), else the predicted box.
             proposal_boxes, proposal_mask: (B, N, 4) xyxy model space, (B, N) bool — proposal head.
+            object_boxes, object_classes: (B, N, 4) xyxy model space, (B, N) long class ids, -1 on
+                padding — the detection ground truth, for the class-map head.
             task_ids, image_sizes: accepted for the processor's batches (``image_sizes`` sizes the
                 default prompt).
             image_embeddings, fused_features: cached tower features instead of the pixels
@@ -804,7 +818,8 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
         )
         logits, states = base.logits, base.decoder_hidden_states
         losses: dict[str, torch.Tensor] = {}
-        points = pred_boxes = pred_masks = proposal_logits = proposal_pred = grounding_logits = None
+        points = pred_boxes = pred_masks = proposal_logits = proposal_pred = None
+        grounding_logits = class_map_logits = None
 
         if states is not None:
             points = self.trace_head(states)
@@ -865,10 +880,21 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
                     )
                 losses["mask_loss"] = self._weighted_mask_loss(logits_m[valid], mask_targets[valid])
                 if self.grounding_head is not None:
-                    grounding_logits = self.grounding_head(base.encoder_last_hidden_state)
+                    grounding_logits = self.grounding_head(base.encoder_last_hidden_state)[:, 0]
                     losses["grounding_loss"] = config.grounding_loss_weight * self._weighted_mask_loss(
                         grounding_logits[valid], self.grounding_head.targets(mask_targets[valid])
                     )
+        if (
+            self.class_map_head is not None
+            and object_classes is not None
+            and bool((object_classes >= 0).any())
+        ):
+            class_map_logits = self.class_map_head(base.encoder_last_hidden_state)
+            losses["class_map_loss"] = config.class_map_loss_weight * self._class_map_loss(
+                class_map_logits,
+                self.class_map_head.box_targets(object_boxes, object_classes),
+                object_classes,
+            )
         if proposal_boxes is not None:
             valid = (
                 proposal_mask.bool()
@@ -895,6 +921,7 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             mask_loss=losses.get("mask_loss"),
             proposal_loss=losses.get("proposal_loss"),
             grounding_loss=losses.get("grounding_loss"),
+            class_map_loss=losses.get("class_map_loss"),
             logits=logits,
             points=points,
             pred_boxes=pred_boxes,
@@ -902,6 +929,7 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             proposal_logits=proposal_logits,
             proposal_boxes=proposal_pred,
             grounding_logits=grounding_logits,
+            class_map_logits=class_map_logits,
             encoder_last_hidden_state=base.encoder_last_hidden_state,
         )
 
@@ -909,6 +937,23 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
         """The mask decoder's loss form (also the grounding head's): focal and dice, weighted by
         ``config.mask_focal_weight`` and ``config.mask_dice_weight``."""
         focal, dice = mask_losses(logits, targets)
+        return self.config.mask_focal_weight * focal + self.config.mask_dice_weight * dice
+
+    def _class_map_loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, classes: torch.Tensor
+    ) -> torch.Tensor:
+        """The mask loss's form on per-class grid maps: focal over every cell of every class map of
+        the images with objects, dice over the (image, class) maps whose class is present (an
+        absent class's map has no region to overlap; focal alone pushes it to zero)."""
+        rows = (classes >= 0).any(1)
+        logits, targets, classes = logits[rows], targets[rows], classes[rows]
+        present = torch.zeros(targets.shape[:2], dtype=torch.bool, device=targets.device)
+        present[
+            torch.arange(len(classes), device=classes.device)[:, None].expand_as(classes)[classes >= 0],
+            classes[classes >= 0],
+        ] = True
+        focal, _ = mask_losses(logits.flatten(0, 1), targets.flatten(0, 1))
+        _, dice = mask_losses(logits[present], targets[present])
         return self.config.mask_focal_weight * focal + self.config.mask_dice_weight * dice
 
     @staticmethod

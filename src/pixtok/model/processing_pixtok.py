@@ -395,6 +395,26 @@ class PixtokProcessor(ProcessorMixin):
                 rows[i] = (seq.tokens[row, :n], seq.weights[row, :n])
         return rows
 
+    def _object_rows(
+        self, rows: list[tuple[int, Mapping[str, Any]]], sizes: list[tuple[int, int]], batch: int
+    ) -> dict[str, torch.Tensor]:
+        """The detection rows' real objects, for the model's class-map head: ``object_boxes`` (B, N, 4)
+        model space and ``object_classes`` (B, N), -1 on padding and on rows of other tasks. Boxes the
+        codec drops (empty, outside the image, NaN) are left out here too; no noise objects."""
+        kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for i, target in rows:
+            labels = np.asarray(target.get("labels", []), dtype=np.int64).reshape(-1)
+            normalized, valid, _ = sanitize_boxes(target.get("boxes", np.zeros((0, 4))), sizes[i])
+            keep = np.flatnonzero(valid & (labels >= 0) & (labels < self.vocab.num_classes))
+            kept[i] = (normalized[keep], labels[keep])
+        count = max([len(labels) for _, labels in kept.values()] + [1])
+        boxes = torch.zeros(batch, count, 4)
+        classes = torch.full((batch, count), -1, dtype=torch.long)
+        for i, (b, labels) in kept.items():
+            boxes[i, : len(labels)] = torch.as_tensor(b, dtype=torch.float32)
+            classes[i, : len(labels)] = torch.as_tensor(labels)
+        return {"object_boxes": boxes, "object_classes": classes}
+
     def _open_vocabulary_row(
         self, target: Mapping[str, Any], size: tuple[int, int], rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -450,6 +470,8 @@ class PixtokProcessor(ProcessorMixin):
         ]
         for i, (row_ids, row_w) in self._detection_rows(detection, sizes, rng).items():
             ids[i], weights[i] = row_ids.tolist(), row_w
+        if detection and not self.open_vocabulary:
+            out.update(self._object_rows(detection, sizes, batch))
 
         for i, (task, target) in enumerate(zip(tasks, targets)):
             if target is None or task == "detection":

@@ -217,7 +217,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-LOSS_NAMES = ("loss", "lm_loss", "trace_loss", "box_loss", "mask_loss", "grounding_loss", "proposal_loss")
+LOSS_NAMES = (
+    "loss",
+    "lm_loss",
+    "trace_loss",
+    "box_loss",
+    "mask_loss",
+    "grounding_loss",
+    "class_map_loss",
+    "proposal_loss",
+)
 
 
 @torch.no_grad()
