@@ -166,3 +166,64 @@ def test_class_map_loss_on_detection_boxes_and_config_checks() -> None:
     assert model(**batch).class_map_loss is None
     plain = PixtokForConditionalGeneration(PixtokConfig.from_preset("tiny"))
     assert plain.class_map_head is None and plain(**batch).class_map_loss is None
+
+
+# --- box_head_grounding: the box head reads where the grounding map points -------------------------
+def test_grounding_moments_summarise_the_map() -> None:
+    from pixtok.model.heads import grounding_moments
+
+    logits = torch.full((1, 4, 4), -30.0)
+    logits[0, 1, 2] = 30.0  # one lit cell: row 1, column 2
+    m = grounding_moments(logits)[0]
+    torch.testing.assert_close(m[:2], torch.tensor([2.5 / 4, 1.5 / 4]))  # centroid x, y
+    torch.testing.assert_close(m[2:4], torch.zeros(2), atol=1e-5, rtol=0)  # no spread
+    torch.testing.assert_close(m[4], torch.tensor(1 / 16))  # mass: one cell of 16
+    torch.testing.assert_close(m[5:], torch.tensor([2.5 / 4, 1.5 / 4, 1.0]))  # peak x, y, prob
+    logits[0, 1, 0] = 30.0  # a second lit cell two columns left: centroid between, spread 1 cell
+    m = grounding_moments(logits)[0]
+    torch.testing.assert_close(m[0], torch.tensor(1.5 / 4))
+    torch.testing.assert_close(m[2], torch.tensor(1 / 4))
+
+
+def test_box_head_reads_the_grounding_map_in_training_and_generation() -> None:
+    with pytest.raises(ValueError, match="box_head_grounding needs"):
+        PixtokConfig.from_preset("tiny", extractor_config={"grid_tokens": 4}, box_head_grounding=True)
+    torch.manual_seed(0)
+    config = PixtokConfig.from_preset(
+        "tiny",
+        lora_r=0,
+        extractor_config={"grid_tokens": 4},
+        grounding_loss_weight=1.0,
+        box_head_grounding=True,
+    )
+    model = PixtokForConditionalGeneration(config).eval()
+    batch = full_batch(config)
+    out = model(**batch)
+    from pixtok.model.heads import grounding_moments
+
+    state = torch.randn(2, config.text_config.d_model)
+    moments = grounding_moments(model.grounding_head(out.encoder_last_hidden_state)[:, 0])
+    boxes = model.referred_boxes(state, out.encoder_last_hidden_state)
+    torch.testing.assert_close(boxes, model.box_head(state, moments))
+    # the head's extra inputs matter: another grounding map, another box from the same state
+    with torch.no_grad():
+        model.grounding_head.proj.weight.mul_(-3.0)
+        moved = model.referred_boxes(state, out.encoder_last_hidden_state)
+        moved_out = model(**batch).pred_boxes
+    assert not torch.allclose(moved, boxes) and not torch.allclose(moved_out, out.pred_boxes)
+    out = model(**batch)
+    # the box loss does not train the grounding head through the moments (they are detached)
+    model.zero_grad()
+    out.box_loss.backward()
+    assert model.grounding_head.proj.weight.grad is None
+    # generation reads the map too (the head would raise without its extra inputs)
+    from PIL import Image
+
+    from pixtok.model.processing_pixtok import PixtokProcessor
+
+    processor = PixtokProcessor.from_preset("tiny")
+    inputs = processor(
+        images=Image.new("RGB", (40, 30), (200, 30, 10)), text="the red square", task="referring"
+    )
+    generated = model.generate(**inputs, task="referring", max_new_tokens=5)
+    assert generated.boxes.shape == (1, 4) and torch.isfinite(generated.boxes).all()

@@ -237,7 +237,13 @@ class PixtokConfig(PretrainedConfig):
             as the mask loss's) against the mask target average-pooled to the grid. The encoder
             then has to mark the object the text names on the image tokens themselves, a dense
             signal for tying words to image regions that the box and coordinate losses give only
-            through one decoder state. Training only; generation does not read it.
+            through one decoder state. Training only, unless ``box_head_grounding`` is set.
+        box_head_grounding (`bool`, *optional*, defaults to `False`):
+            The box head also reads where the grounding head's map points (its centroid, spread,
+            mass and peak cell: ``heads.grounding_moments``, detached), in training and generation.
+            The map is the encoder's dense answer to "which cells does the text name"; the first
+            decoder state alone carries it only through cross-attention. Needs
+            ``grounding_loss_weight`` > 0.
         class_map_loss_weight (`float`, *optional*, defaults to 0.0):
             Weight of the detection class-map loss (0: no class-map head). The grounding head's form
             with one channel per class (``id2label``): on detection examples it says, per grid cell,
@@ -314,6 +320,7 @@ class PixtokConfig(PretrainedConfig):
         mask_dice_weight: float = 1.0,
         grounding_loss_weight: float = 0.0,
         class_map_loss_weight: float = 0.0,
+        box_head_grounding: bool = False,
         proposal_objectness_weight: float = 1.0,
         proposal_l1_weight: float = 5.0,
         proposal_giou_weight: float = 2.0,
@@ -408,6 +415,9 @@ class PixtokConfig(PretrainedConfig):
                 )
         self.grounding_loss_weight = float(grounding_loss_weight)
         self.class_map_loss_weight = float(class_map_loss_weight)
+        if box_head_grounding and not self.grounding_loss_weight:
+            raise ValueError("box_head_grounding needs the grounding head (grounding_loss_weight > 0)")
+        self.box_head_grounding = bool(box_head_grounding)
         self.proposal_objectness_weight = proposal_objectness_weight
         self.proposal_l1_weight = proposal_l1_weight
         self.proposal_giou_weight = proposal_giou_weight

@@ -317,7 +317,8 @@ class PixtokGenerationMixin:
             )
         boxes = masks = None
         if task == "referring":
-            boxes = self.box_head(result.hidden_states[:, 0])  # the state forward() trains it on
+            # the state forward() trains it on (and the grounding map with config.box_head_grounding)
+            boxes = self.referred_boxes(result.hidden_states[:, 0], encoder_outputs.last_hidden_state)
             masks = self.predict_masks(features.sam, boxes)[:, 0]
         return PixtokGenerateOutput(
             sequences=result.sequences,

@@ -236,7 +236,7 @@ class TraceHead(nn.Module):
 
 
 class BoxHead(nn.Module):
-    """A decoder state -> the referred box.
+    """A decoder state (and, optionally, where the grounding map points) -> the referred box.
 
     PixelLLM regresses the box at the EOS state of an empty answer. pixtok's referring answer writes
     the box as four coordinate tokens before EOS, and under teacher forcing the EOS state has read the
@@ -244,19 +244,51 @@ class BoxHead(nn.Module):
     the model's own (wrong) ones. The model therefore feeds this head the first output step's state,
     which has read only the image and the prompt, in training and in generation alike.
 
+    With ``extra_size`` > 0 the head also reads a small vector beside the state: the grounding map's
+    summary (:func:`grounding_moments`, ``config.box_head_grounding``).
+
     Args:
         input_size: decoder width (T5 ``d_model``).
         hidden_size: MLP hidden width.
         num_layers: MLP depth.
+        extra_size: features read beside the state (0: none).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, extra_size: int = 0) -> None:
         super().__init__()
-        self.mlp = MLP(input_size, hidden_size, 4, num_layers)
+        self.extra_size = extra_size
+        self.mlp = MLP(input_size + extra_size, hidden_size, 4, num_layers)
 
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> (B, 4) xyxy model space (predicted as centre/size in (0, 1), so x0 <= x1)."""
+    def forward(self, state: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) [+ (B, extra_size)] -> (B, 4) xyxy model space (predicted as centre/size in (0, 1),
+        so x0 <= x1)."""
+        if self.extra_size:
+            if extra is None:
+                raise ValueError(f"this box head reads {self.extra_size} extra features beside the state")
+            state = torch.cat([state, extra.to(state.dtype)], dim=-1)
         return cxcywh_to_xyxy(self.mlp(state).sigmoid())
+
+
+GROUNDING_MOMENTS = 8
+"""Length of :func:`grounding_moments`' vector."""
+
+
+def grounding_moments(logits: torch.Tensor) -> torch.Tensor:
+    """Where a (B, s, s) grounding map points, as (B, 8) numbers in [0, 1]: the probability map's
+    centroid (x, y), spread (std x, y), mass (mean probability), and its peak cell's centre (x, y)
+    and probability. Cells are the extractor's, so coordinates are model space; the centroid alone
+    would fall between two lit objects, the peak picks one."""
+    prob = logits.float().sigmoid()
+    side = prob.shape[-1]
+    centres = (torch.arange(side, device=prob.device, dtype=prob.dtype) + 0.5) / side
+    mass = prob.sum((1, 2)).clamp(min=1e-6)
+    px, py = prob.sum(1), prob.sum(2)  # (B, s): column and row marginals
+    mx, my = (px * centres).sum(1) / mass, (py * centres).sum(1) / mass
+    sx = ((px * (centres - mx[:, None]) ** 2).sum(1) / mass).sqrt()
+    sy = ((py * (centres - my[:, None]) ** 2).sum(1) / mass).sqrt()
+    peak, index = prob.flatten(1).max(1)
+    peak_y, peak_x = centres[index // side], centres[index % side]
+    return torch.stack([mx, my, sx, sy, mass / side**2, peak_x, peak_y, peak], dim=1)
 
 
 class GroundingHead(nn.Module):
@@ -428,9 +460,11 @@ class ProposalHead(nn.Module):
 __all__ = [
     "MLP",
     "BoxHead",
+    "GROUNDING_MOMENTS",
     "GroundingHead",
     "ProposalHead",
     "TraceHead",
+    "grounding_moments",
     "box_iou_and_giou",
     "box_regression_loss",
     "cxcywh_to_xyxy",

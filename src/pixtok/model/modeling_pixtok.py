@@ -36,11 +36,13 @@ from .configuration_pixtok import PixtokConfig
 from .eva02 import load_timm_eva02
 from .generation_pixtok import PixtokGenerateOutput, PixtokGenerationMixin
 from .heads import (
+    GROUNDING_MOMENTS,
     BoxHead,
     GroundingHead,
     ProposalHead,
     TraceHead,
     box_regression_loss,
+    grounding_moments,
     mask_losses,
     masked_l1,
     weighted_lm_loss,
@@ -666,7 +668,12 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
         self.model = PixtokModel(config)
         d_model = config.text_config.d_model
         self.trace_head = TraceHead(d_model, config.trace_head_hidden_size, config.trace_head_num_layers)
-        self.box_head = BoxHead(d_model, config.box_head_hidden_size, config.box_head_num_layers)
+        self.box_head = BoxHead(
+            d_model,
+            config.box_head_hidden_size,
+            config.box_head_num_layers,
+            GROUNDING_MOMENTS if config.box_head_grounding else 0,
+        )
         self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
         self.mask_prompt_embed = nn.Parameter(torch.zeros(1, 1, config.mask_decoder_config.hidden_size))
         self.proposal_head = ProposalHead(self.model.towers.fused_channels, config.proposal_head_hidden_size)
@@ -825,7 +832,7 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             points = self.trace_head(states)
             # the first output step's state: it has read the image and the prompt but no coordinate
             # token, so teacher forcing cannot hand the box head the target box (see BoxHead)
-            pred_boxes = self.box_head(states[:, 0])
+            pred_boxes = self.referred_boxes(states[:, 0], base.encoder_last_hidden_state)
         if labels is not None and logits is not None:
             if labels.shape != logits.shape[:2]:
                 raise ValueError(
@@ -932,6 +939,25 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             class_map_logits=class_map_logits,
             encoder_last_hidden_state=base.encoder_last_hidden_state,
         )
+
+    def referred_boxes(self, first_state: torch.Tensor, encoder_states: torch.Tensor | None) -> torch.Tensor:
+        """The box head on the first output step's state (see :class:`BoxHead`), with the grounding
+        map's summary beside it when ``config.box_head_grounding`` is set.
+
+        Args:
+            first_state: (B, D) decoder state of the first output step.
+            encoder_states: (B, L, D) T5 encoder output (read only with ``box_head_grounding``).
+
+        Returns:
+            (B, 4) xyxy model space.
+        """
+        if not self.config.box_head_grounding:
+            return self.box_head(first_state)
+        if encoder_states is None:
+            raise ValueError("box_head_grounding needs the T5 encoder's output")
+        with torch.no_grad():
+            moments = grounding_moments(self.grounding_head(encoder_states)[:, 0])
+        return self.box_head(first_state, moments)
 
     def _weighted_mask_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The mask decoder's loss form (also the grounding head's): focal and dice, weighted by

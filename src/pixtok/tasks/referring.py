@@ -4,18 +4,45 @@ The units are ``(row, expression)`` pairs. The decoder writes the box as four co
 and the box head regresses it from the first output step's state (the state before any coordinate
 token is read back; PixelLLM's EOS state of an empty answer); the SAM mask decoder, prompted with the
 predicted box, gives the mask. The head's box is the prediction; the tokens' box is scored beside it
-(``token_precision@0.5``, ``token_mean_box_iou``). Flips are off for this task unless the augmentation swaps
-left/right words (see :mod:`pixtok.data.augment`).
+(``token_precision@0.5``, ``token_mean_box_iou``), and P@0.5 is split by whether the expression
+names a spatial relation (``precision@0.5/relation`` and ``/attribute``, with their counts): the
+two call for different skills (tying one object's words to it against tying two objects and a
+direction). Flips are off for this task unless the augmentation swaps left/right words (see
+:mod:`pixtok.data.augment`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .base import Example, Task
+
+RELATION_WORDS = frozenset(
+    {
+        "left",
+        "right",
+        "above",
+        "below",
+        "under",
+        "over",
+        "behind",
+        "front",
+        "next",
+        "near",
+        "beside",
+        "between",
+    }
+)
+"""Words that make an expression relational for the ``/relation`` split of P@0.5."""
+
+
+def has_relation(text: str) -> bool:
+    """Whether ``text`` names a spatial relation (one of :data:`RELATION_WORDS`)."""
+    return not RELATION_WORDS.isdisjoint(re.findall(r"[a-z]+", text.lower()))
 
 
 def _row_mask(row: dict[str, Any]) -> np.ndarray | None:
@@ -87,6 +114,14 @@ class ReferringTask(Task):
             )
         else:
             scores = evaluate_referring(pred_boxes, gt_boxes)
+        from ..evaluation.referring import paired_box_iou
+
+        hits = paired_box_iou(pred_boxes, gt_boxes) >= 0.5
+        relational = np.array([has_relation(e.text or "") for e in examples], dtype=bool)
+        for name, rows in (("relation", relational), ("attribute", ~relational)):
+            if rows.any():
+                scores[f"precision@0.5/{name}"] = float(hits[rows].mean())
+                scores[f"num_expressions/{name}"] = float(rows.sum())
         if all("token_box" in p for p in predictions):
             # the decoder's own coordinate tokens, scored beside the box head's regression
             tokens = np.stack([np.asarray(p["token_box"], dtype=np.float64) for p in predictions])
