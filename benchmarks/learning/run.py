@@ -252,7 +252,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     targets = check_targets(args.row, metrics)
     history = result.get("history", [])
     command = "PYTHONPATH=src python benchmarks/learning/run.py " + " ".join(
-        [args.row, *([f"--name {args.name}"] if args.name else []), *(f"--set {s}" for s in args.set)]
+        [
+            args.row,
+            *([f"--name {args.name}"] if args.name else []),
+            *(f"--set {s}" for s in args.set),
+            *([f"--compile-cache {args.compile_cache}"] if args.compile_cache else []),
+        ]
     )
     # a run resumed in the same folder reports every segment's command (its history is the whole run's)
     record = out_dir / "benchmark_command.txt"

@@ -25,3 +25,23 @@ def test_score_splits_precision_by_relation():
     assert scores["precision@0.5"] == 0.75
     assert scores["precision@0.5/attribute"] == 0.5 and scores["num_expressions/attribute"] == 2
     assert scores["precision@0.5/relation"] == 1.0 and scores["num_expressions/relation"] == 2
+
+
+def test_mask_box_is_the_masks_tight_box_and_is_scored_beside_the_head_box():
+    import torch
+
+    from pixtok.model.processing_pixtok import mask_box
+
+    mask = torch.zeros(20, 30, dtype=torch.bool)
+    mask[4:9, 10:13] = True  # rows 4-8, columns 10-12
+    assert mask_box(mask).tolist() == [10, 4, 13, 9]
+    assert mask_box(torch.zeros(5, 5, dtype=torch.bool)) is None and mask_box(None) is None
+    task = build_task("referring")
+    gt = np.array([10, 4, 13, 9], dtype=np.float64)
+    examples = [Example(image=None, text="the dot", target={}, reference={"box": gt, "mask": None})] * 2
+    predictions = [
+        {"box": gt + 5, "mask_box": mask_box(mask)},  # head box off, mask box right
+        {"box": gt, "mask_box": None},  # no mask: the head's box stands in
+    ]
+    scores = task.score(predictions, examples)
+    assert scores["precision@0.5"] == 0.5 and scores["mask_box_precision@0.5"] == 1.0

@@ -46,6 +46,15 @@ PROCESSOR_CONFIG_NAME = "processor_config.json"
 _WORD_START = "▁"  # sentencepiece's word-boundary mark
 
 
+def mask_box(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The tight xyxy pixel box of an (H, W) bool mask (pixel edges: a one-pixel mask at (y, x) gives
+    ``[x, y, x + 1, y + 1]``), or None for no mask or an empty one."""
+    if mask is None or not bool(mask.any()):
+        return None
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+
+
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -684,7 +693,8 @@ class PixtokProcessor(ProcessorMixin):
         return results
 
     def post_process_referring(self, outputs: Any, target_sizes: Any = None) -> list[dict[str, Any]]:
-        """Referring outputs → ``[{"box": (4,) xyxy px, "token_box": (4,) xyxy px, "mask": (H, W) bool | None}]``.
+        """Referring outputs → ``[{"box", "token_box", "mask", "mask_box"}]``: (4,) xyxy px boxes, an
+        (H, W) bool mask or None, and the mask's own tight box (None without a mask or when it is empty).
 
         The box is the box head's (``outputs.boxes``, model space) when present, else the first four
         coordinate tokens ``ymin xmin ymax xmax``; ``token_box`` is always the tokens' box (the same
@@ -727,7 +737,7 @@ class PixtokProcessor(ProcessorMixin):
                 ch, cw = max(1, round(m * h / scale)), max(1, round(m * w / scale))
                 crop = logits[:ch, :cw][None, None]
                 mask = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0, 0] > 0
-            results.append({"box": box, "token_box": token_box, "mask": mask})
+            results.append({"box": box, "token_box": token_box, "mask": mask, "mask_box": mask_box(mask)})
         return results
 
     def post_process_dense_caption(self, outputs: Any, target_sizes: Any = None) -> list[dict[str, Any]]:

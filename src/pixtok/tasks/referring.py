@@ -4,7 +4,8 @@ The units are ``(row, expression)`` pairs. The decoder writes the box as four co
 and the box head regresses it from the first output step's state (the state before any coordinate
 token is read back; PixelLLM's EOS state of an empty answer); the SAM mask decoder, prompted with the
 predicted box, gives the mask. The head's box is the prediction; the tokens' box is scored beside it
-(``token_precision@0.5``, ``token_mean_box_iou``), and P@0.5 is split by whether the expression
+(``token_precision@0.5``, ``token_mean_box_iou``), as is the predicted mask's own tight box
+(``mask_box_precision@0.5``, ``mask_box_mean_box_iou``), and P@0.5 is split by whether the expression
 names a spatial relation (``precision@0.5/relation`` and ``/attribute``, with their counts): the
 two call for different skills (tying one object's words to it against tying two objects and a
 direction). Flips are off for this task unless the augmentation swaps left/right words (see
@@ -122,6 +123,18 @@ class ReferringTask(Task):
             if rows.any():
                 scores[f"precision@0.5/{name}"] = float(hits[rows].mean())
                 scores[f"num_expressions/{name}"] = float(rows.sum())
+        if any(p.get("mask_box") is not None for p in predictions):
+            # the predicted mask's own tight box (the box head's where the mask is empty): SAM's
+            # decoder, prompted with the head's box, may snap to the object's edges
+            mask_boxes = np.stack(
+                [
+                    np.asarray(p["mask_box"] if p.get("mask_box") is not None else p["box"], dtype=np.float64)
+                    for p in predictions
+                ]
+            )
+            for key, value in evaluate_referring(mask_boxes, gt_boxes).items():
+                if key != "num_expressions":
+                    scores[f"mask_box_{key}"] = value
         if all("token_box" in p for p in predictions):
             # the decoder's own coordinate tokens, scored beside the box head's regression
             tokens = np.stack([np.asarray(p["token_box"], dtype=np.float64) for p in predictions])
