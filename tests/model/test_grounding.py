@@ -12,12 +12,23 @@ from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
 from .test_modeling import full_batch
 
 
-def grounded(weight: float = 0.5, side: int = 4) -> PixtokForConditionalGeneration:
+def grounded(weight: float = 0.5, side: int = 4, **overrides) -> PixtokForConditionalGeneration:
+    """The tiny model with a grid of ``side``² tokens and the grounding head at ``weight`` (0: none)."""
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(
-        "tiny", lora_r=0, extractor_config={"grid_tokens": side}, grounding_loss_weight=weight
+        "tiny", lora_r=0, extractor_config={"grid_tokens": side}, grounding_loss_weight=weight, **overrides
     )
     return PixtokForConditionalGeneration(config)
+
+
+def assert_weighted_mask_loss(out, name: str, weight: float, focal, dice) -> None:
+    """``out.<name>`` is ``weight`` x the mask loss's form (its focal and dice weights), and the total
+    loss sums it with the other heads' losses."""
+    config = PixtokConfig.from_preset("tiny")
+    expected = weight * (config.mask_focal_weight * focal + config.mask_dice_weight * dice)
+    torch.testing.assert_close(getattr(out, name), expected)
+    names = ("lm_loss", "trace_loss", "box_loss", "mask_loss", "proposal_loss", name)
+    torch.testing.assert_close(out.loss, sum(getattr(out, n) for n in names))
 
 
 def test_config_checks_the_weight_and_needs_grid_tokens() -> None:
@@ -68,10 +79,7 @@ def test_loss_is_the_mask_loss_form_on_the_pooled_referred_mask_and_reads_the_te
     target = torch.nn.functional.adaptive_avg_pool2d(batch["mask_targets"][valid].unsqueeze(1), 4).squeeze(1)
     assert 0 < target.sum() < target.numel()  # the fixture's mask covers some cells, partly
     focal, dice = mask_losses(logits[valid], target)
-    expected = 0.5 * (config.mask_focal_weight * focal + config.mask_dice_weight * dice)
-    torch.testing.assert_close(out.grounding_loss, expected)
-    names = ("lm_loss", "trace_loss", "box_loss", "mask_loss", "proposal_loss", "grounding_loss")
-    torch.testing.assert_close(out.loss, sum(getattr(out, n) for n in names))
+    assert_weighted_mask_loss(out, "grounding_loss", 0.5, focal, dice)
     # the loss trains the head, the encoder and the text embeddings the expression enters with
     model.zero_grad()
     out.grounding_loss.backward()
@@ -101,14 +109,6 @@ def test_head_round_trips_through_save_pretrained(tmp_path) -> None:
 
 
 # --- class_map_loss_weight: the same head, one channel per class, on detection boxes ---------------
-def class_mapped(weight: float = 0.5, side: int = 4) -> PixtokForConditionalGeneration:
-    torch.manual_seed(0)
-    config = PixtokConfig.from_preset(
-        "tiny", lora_r=0, extractor_config={"grid_tokens": side}, class_map_loss_weight=weight
-    )
-    return PixtokForConditionalGeneration(config)
-
-
 def test_box_targets_rasterise_each_class_to_the_cells_it_covers() -> None:
     side = 4
     head = GroundingHead(2, 0, side, channels=3)
@@ -140,7 +140,7 @@ def test_box_targets_rasterise_each_class_to_the_cells_it_covers() -> None:
 def test_class_map_loss_on_detection_boxes_and_config_checks() -> None:
     with pytest.raises(ValueError, match="class_map_loss_weight > 0 needs"):
         PixtokConfig.from_preset("tiny", class_map_loss_weight=1.0)
-    model = class_mapped(weight=0.5)
+    model = grounded(weight=0.0, class_map_loss_weight=0.5)
     config = model.config
     batch = full_batch(config)
     batch["object_boxes"] = torch.tensor([[[0.1, 0.1, 0.6, 0.5], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]]])
@@ -152,10 +152,7 @@ def test_class_map_loss_on_detection_boxes_and_config_checks() -> None:
     logits = out.class_map_logits[:1]
     focal, _ = mask_losses(logits.flatten(0, 1), target.flatten(0, 1))
     _, dice = mask_losses(logits[:, 3], target[:, 3])  # dice on the present class only
-    expected = 0.5 * (config.mask_focal_weight * focal + config.mask_dice_weight * dice)
-    torch.testing.assert_close(out.class_map_loss, expected)
-    names = ("lm_loss", "trace_loss", "box_loss", "mask_loss", "proposal_loss", "class_map_loss")
-    torch.testing.assert_close(out.loss, sum(getattr(out, n) for n in names))
+    assert_weighted_mask_loss(out, "class_map_loss", 0.5, focal, dice)
     model.zero_grad()
     out.class_map_loss.backward()
     assert model.class_map_head.proj.weight.grad[3].abs().sum() > 0
@@ -188,15 +185,8 @@ def test_grounding_moments_summarise_the_map() -> None:
 def test_box_head_reads_the_grounding_map_in_training_and_generation() -> None:
     with pytest.raises(ValueError, match="box_head_grounding needs"):
         PixtokConfig.from_preset("tiny", extractor_config={"grid_tokens": 4}, box_head_grounding=True)
-    torch.manual_seed(0)
-    config = PixtokConfig.from_preset(
-        "tiny",
-        lora_r=0,
-        extractor_config={"grid_tokens": 4},
-        grounding_loss_weight=1.0,
-        box_head_grounding=True,
-    )
-    model = PixtokForConditionalGeneration(config).eval()
+    model = grounded(weight=1.0, box_head_grounding=True).eval()
+    config = model.config
     batch = full_batch(config)
     out = model(**batch)
     from pixtok.model.heads import grounding_moments
