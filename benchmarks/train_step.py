@@ -26,7 +26,13 @@ for H100 SXM / H200, the same figure ``towers.py`` uses).
 ``--reduced-math-sdp`` lets SDPA's math fallback run bf16 inputs in bf16: since torch 2.5 it upcasts
 them to fp32 by default, and on CPU the ``base`` cached step's T5 attention takes that fallback (a
 dispatch trace of one step shows its ``bmm`` calls in fp32, 12 per shape: one per decoder layer);
-whether the GPU step's fp32 SIMT GEMMs are the same calls is what the flag times.
+whether the GPU step's fp32 SIMT GEMMs are the same calls is what the flag times (fourteenth session:
+they were; the compiled step did not get faster, benchmarks/RESULTS.md).
+
+``--pad-to-multiple-of N`` pads the 501-token targets with ignored positions to a multiple of N, as
+``train.pad_to_multiple_of`` does in training: T5 attention's batched GEMMs over a 501-long axis run
+on cuBLAS's unaligned (``align1``) kernels. The FLOPs stay those of the unpadded step (the padding is
+not useful work), so MFU only rises if the step gets faster.
 
 Writes ``benchmarks/results/train.json`` (``base_mfu``, ``cache_speedup``, ``xl_peak_gb``, …).
 """
@@ -78,6 +84,18 @@ def make_batch(config: PixtokConfig, batch: int, device: torch.device) -> dict[s
         "labels": labels.to(device),
         "label_weights": torch.ones(batch, TOKENS, device=device),
     }
+
+
+def pad_targets(batch: dict[str, torch.Tensor], multiple: int) -> dict[str, torch.Tensor]:
+    """``labels`` padded with -100 and ``label_weights`` with 0 up to a multiple of ``multiple``."""
+    length = batch["labels"].shape[1]
+    extra = -length % max(multiple, 1)
+    if not extra:
+        return batch
+    padded = dict(batch)
+    padded["labels"] = torch.nn.functional.pad(batch["labels"], (0, extra), value=-100)
+    padded["label_weights"] = torch.nn.functional.pad(batch["label_weights"], (0, extra), value=0.0)
+    return padded
 
 
 @contextlib.contextmanager
@@ -139,6 +157,7 @@ def measure(
     compile_towers: bool = False,
     profile: bool = False,
     compile_mode: str | None = None,
+    pad_to_multiple_of: int = 1,
 ) -> dict:
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(preset)
@@ -160,7 +179,7 @@ def measure(
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             features = model.model.encode_images(batch.pop("pixel_values"), batch.pop("eva_pixel_values"))
         batch["image_embeddings"], batch["fused_features"] = features.sam.float(), features.fused.float()
-    step = step_fn(model, optimizer, batch, device, compiling)
+    step = step_fn(model, optimizer, pad_targets(batch, pad_to_multiple_of), device, compiling)
     if compiling is not None:  # the first compiled steps compile (and record CUDA graphs)
         started = time.perf_counter()
         for _ in range(3):
@@ -169,8 +188,9 @@ def measure(
             torch.cuda.synchronize()
         compile_s = time.perf_counter() - started
     step()  # allocate optimizer state before counting
+    # the useful work: the unpadded targets' step
     with FlopCounterMode(display=False) as counter, model_flops_form(model), eager():
-        step()
+        step_fn(model, optimizer, batch, device, compiling)()
     flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -222,6 +242,12 @@ def main() -> None:
     parser.add_argument("--skip-xl", action="store_true")
     parser.add_argument("--out", help="also write the JSON here (a folder)")
     parser.add_argument(
+        "--pad-to-multiple-of",
+        type=int,
+        default=1,
+        help="pad the 501-token targets (ignored positions) to a multiple of N, as train.pad_to_multiple_of",
+    )
+    parser.add_argument(
         "--reduced-math-sdp",
         action="store_true",
         help="let SDPA's math fallback compute bf16 inputs in bf16 (torch's default upcasts them to fp32)",
@@ -241,7 +267,8 @@ def main() -> None:
             if compiled and not args.compile_towers:
                 continue
             r = measure(args.preset, batch, device, checkpointing=False, cached=cached,
-                        compile_towers=compiled, profile=args.profile, compile_mode=blocks)  # fmt: skip
+                        compile_towers=compiled, profile=args.profile, compile_mode=blocks,
+                        pad_to_multiple_of=args.pad_to_multiple_of)  # fmt: skip
             tag = "base_cached" if cached else "base_compiled_towers" if compiled else "base"
             if blocks:
                 tag += "_blocks_" + blocks.replace("-", "_")
