@@ -25,6 +25,10 @@ def test_score_splits_precision_by_relation():
     assert scores["precision@0.5"] == 0.75
     assert scores["precision@0.5/attribute"] == 0.5 and scores["num_expressions/attribute"] == 2
     assert scores["precision@0.5/relation"] == 1.0 and scores["num_expressions/relation"] == 2
+    assert scores["far_miss_rate"] == 0.25 and scores["near_miss_rate"] == 0.0  # the miss is 20 px away
+    loose = [{"box": np.array([0, 0, 10, 30.0])}] * 4  # IoU 1/3 with every ground truth
+    scores = task.score(loose, examples)
+    assert scores["near_miss_rate"] == 1.0 and scores["far_miss_rate"] == 0.0
 
 
 def test_mask_box_is_the_masks_tight_box_and_is_scored_beside_the_head_box():

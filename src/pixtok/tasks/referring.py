@@ -6,9 +6,10 @@ token is read back; PixelLLM's EOS state of an empty answer); the SAM mask decod
 predicted box, gives the mask. The head's box is the prediction; the tokens' box is scored beside it
 (``token_precision@0.5``, ``token_mean_box_iou``), as is the predicted mask's own tight box
 (``mask_box_precision@0.5``, ``mask_box_mean_box_iou``), and P@0.5 is split by whether the expression
-names a spatial relation (``precision@0.5/relation`` and ``/attribute``, with their counts): the
-two call for different skills (tying one object's words to it against tying two objects and a
-direction). Flips are off for this task unless the augmentation swaps left/right words (see
+names a spatial relation (``precision@0.5/relation`` and ``/attribute``, with their counts), and
+the misses by how far the box is (``near_miss_rate``: IoU 0.25–0.5; ``far_miss_rate``: under
+0.25). The splits tell failures apart: words not tied to one object against two objects and a
+direction; a loose box on the right object against a box elsewhere. Flips are off for this task unless the augmentation swaps left/right words (see
 :mod:`pixtok.data.augment`).
 """
 
@@ -117,7 +118,12 @@ class ReferringTask(Task):
             scores = evaluate_referring(pred_boxes, gt_boxes)
         from ..evaluation.referring import paired_box_iou
 
-        hits = paired_box_iou(pred_boxes, gt_boxes) >= 0.5
+        ious = paired_box_iou(pred_boxes, gt_boxes)
+        hits = ious >= 0.5
+        # the misses in two bands: a box near the object (IoU 0.25-0.5: the right object, loosely
+        # boxed) or far from it (under 0.25: mostly another object, or none)
+        scores["near_miss_rate"] = float(((ious >= 0.25) & ~hits).mean())
+        scores["far_miss_rate"] = float((ious < 0.25).mean())
         relational = np.array([has_relation(e.text or "") for e in examples], dtype=bool)
         for name, rows in (("relation", relational), ("attribute", ~relational)):
             if rows.any():
