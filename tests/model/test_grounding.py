@@ -153,6 +153,17 @@ def test_class_map_loss_on_detection_boxes_and_config_checks() -> None:
     focal, _ = mask_losses(logits.flatten(0, 1), target.flatten(0, 1))
     _, dice = mask_losses(logits[:, 3], target[:, 3])  # dice on the present class only
     assert_weighted_mask_loss(out, "class_map_loss", 0.5, focal, dice)
+    # two images with objects of different classes: dice over exactly (image 0, class 3) and
+    # (image 1, classes 1 and 3)
+    batch["object_boxes"][1] = torch.tensor([[0.5, 0.5, 0.9, 0.8], [0.0, 0.2, 0.3, 0.4]])
+    batch["object_classes"] = torch.tensor([[3, -1], [1, 3]])
+    out = model(**batch)
+    target = head.box_targets(batch["object_boxes"], batch["object_classes"])
+    logits = out.class_map_logits
+    focal, _ = mask_losses(logits.flatten(0, 1), target.flatten(0, 1))
+    pick = (torch.tensor([0, 1, 1]), torch.tensor([3, 1, 3]))
+    _, dice = mask_losses(logits[pick], target[pick])
+    assert_weighted_mask_loss(out, "class_map_loss", 0.5, focal, dice)
     model.zero_grad()
     out.class_map_loss.backward()
     assert model.class_map_head.proj.weight.grad[3].abs().sum() > 0

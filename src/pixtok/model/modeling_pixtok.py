@@ -973,11 +973,9 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
         absent class's map has no region to overlap; focal alone pushes it to zero)."""
         rows = (classes >= 0).any(1)
         logits, targets, classes = logits[rows], targets[rows], classes[rows]
-        present = torch.zeros(targets.shape[:2], dtype=torch.bool, device=targets.device)
-        present[
-            torch.arange(len(classes), device=classes.device)[:, None].expand_as(classes)[classes >= 0],
-            classes[classes >= 0],
-        ] = True
+        valid = classes >= 0
+        one_hot = nn.functional.one_hot(classes.clamp(min=0), targets.shape[1]).bool() & valid[..., None]
+        present = one_hot.any(1)  # (images, classes): which classes each image has
         focal, _ = mask_losses(logits.flatten(0, 1), targets.flatten(0, 1))
         _, dice = mask_losses(logits[present], targets[present])
         return self.config.mask_focal_weight * focal + self.config.mask_dice_weight * dice
