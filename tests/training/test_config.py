@@ -56,3 +56,11 @@ def test_task_options_are_checked_when_the_config_is_read(tasks, message):
         load_config(None, {"tasks": tasks})
     good = load_config(None, {"tasks": {"referring": {"augmentation": {"scale_range": [0.6, 1.0]}}}})
     assert good.tasks["referring"]["augmentation"] == {"scale_range": [0.6, 1.0]}
+
+
+def test_ema_decay_must_be_a_decay():
+    assert load_config(None, {"train.ema_decay": "0.999"}).train.ema_decay == 0.999
+    assert load_config(None, {}).train.ema_decay is None
+    for bad in (0, 1.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="ema_decay"):
+            load_config(None, {"train.ema_decay": bad})

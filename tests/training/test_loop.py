@@ -204,3 +204,68 @@ def test_lr_scales_pattern_must_match_and_be_valid(tmp_path):
         load_config(None, {"train.lr_scales": {"(": 0.5}})
     with pytest.raises(ConfigError, match="factor > 0"):
         load_config(None, {"train.lr_scales": {"a": -1}})
+
+
+def test_ema_average_is_what_is_evaluated_saved_and_resumed_exactly(tmp_path, monkeypatch):
+    """train.ema_decay: the saved model holds the moving average of the weights (not the last
+    weights), the checkpoint holds both, and a resumed run ends with the same average."""
+    from pixtok.training.ema import WeightEMA
+
+    seen = []  # the weights after each optimizer step, as the average reads them
+    original = WeightEMA.update
+
+    def recording(self):
+        seen.append(torch.stack([p.detach().clone() for p in self.params]))
+        original(self)
+
+    monkeypatch.setattr(WeightEMA, "update", recording)
+    raw, _ = _run(tmp_path, "raw", 6)
+    averaged, result = _run(tmp_path, "ema", 6, **{"train.ema_decay": 0.5})
+    assert result["step"] == 6 and len(seen) == 6
+    # the average does not feed back: the trained weights are the plain run's
+    torch.testing.assert_close(seen[-1], torch.stack([raw.a.detach(), raw.b.detach()]))
+    expected = torch.zeros(2)  # both parameters start at 0
+    for n, weights in enumerate(seen, start=1):
+        decay = min(0.5, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * weights
+    saved = torch.load(tmp_path / "ema" / "line.pt", weights_only=True)
+    torch.testing.assert_close(torch.stack([saved["a"], saved["b"]]), expected)
+    assert not torch.allclose(expected, seen[-1])
+
+    with pytest.raises(Killed):
+        _run(tmp_path, "half", 6, save_every=2, crash_at=4, **{"train.ema_decay": 0.5})
+    resumed, _ = _run(
+        tmp_path, "half", 6, resume=str(tmp_path / "half"), save_every=2, **{"train.ema_decay": 0.5}
+    )
+    for name, p in averaged.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[name]), name
+    # a checkpoint written with an average resumes only with one
+    with pytest.raises(ConfigError, match="weight average"):
+        _run(tmp_path, "half", 6, resume=str(tmp_path / "half"), save_every=2)
+
+
+def test_ema_update_and_swap():
+    from pixtok.training.ema import WeightEMA
+
+    p = torch.nn.Parameter(torch.tensor([0.0, 10.0]))
+    ema = WeightEMA([p], 0.9)
+    history = []
+    for value in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            p.fill_(value)
+        decay = ema.current_decay()
+        expected = (history[-1] if history else torch.tensor([0.0, 10.0])) * decay + p.detach() * (1 - decay)
+        ema.update()
+        history.append(expected)
+        torch.testing.assert_close(ema.shadow[0], expected)
+    with ema.applied():
+        torch.testing.assert_close(p.detach(), history[-1])
+    assert torch.equal(p.detach(), torch.tensor([3.0, 3.0]))  # the trained weights are back
+    state = ema.state_dict()
+    other = WeightEMA([torch.nn.Parameter(torch.zeros(2))], 0.5)
+    other.load_state_dict(state)
+    assert other.updates == 3 and other.decay == 0.9 and torch.equal(other.shadow[0], history[-1])
+    with pytest.raises(ValueError, match="does not match"):
+        WeightEMA([torch.nn.Parameter(torch.zeros(3))], 0.5).load_state_dict(state)
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        WeightEMA([p], 1.0)

@@ -129,6 +129,11 @@ class TrainSection:
             the learning-rate schedule still spans ``max_steps``, so set both). The minutes are
             the whole run's: a resumed run starts with its checkpoint's training time (periodic
             evaluation and checkpointing do not count). ``None``: no limit.
+        ema_decay: keep an exponential moving average of the trainable weights with this decay per
+            optimizer step (warmed up as ``min(decay, (1 + n) / (10 + n))``); evaluation and the
+            saved model use the average, checkpoints carry it (:mod:`pixtok.training.ema`). A
+            run resumes only with the same choice (average or none). ``None``: no average. Not
+            with FSDP.
         ddp_find_unused: DDP's ``find_unused_parameters`` (other setups ignore it). ``auto`` runs
             one training micro-batch of each task before training, turns off the parameters no
             task trains (the other tasks' heads) and searches for unused parameters every step
@@ -166,6 +171,7 @@ class TrainSection:
     compile: bool | str = False
     pad_to_multiple_of: int | None = None
     time_limit_minutes: float | None = None
+    ema_decay: float | None = None
     ddp_find_unused: bool | str = "auto"
 
 
@@ -226,6 +232,8 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
             value = _lr_scales(value, f"{where}.{name}")
         if name == "ddp_find_unused" and not (value == "auto" or isinstance(value, bool)):
             raise ConfigError(f"{where}.{name}: expected auto | true | false, got {value!r}")
+        if name == "ema_decay" and value is not None and not 0.0 < value < 1.0:
+            raise ConfigError(f"{where}.{name}: expected a decay in (0, 1) or null, got {value!r}")
         if name == "pad_to_multiple_of" and value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}.{name}: expected a positive integer or null, got {value!r}")
         kwargs[name] = value

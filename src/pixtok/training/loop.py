@@ -16,6 +16,8 @@ What it guarantees:
 * evaluation with each task's metric every ``eval_every`` steps and at the end;
 * ``train.compile``: the model's repeated blocks compiled in place for the training steps
   (:mod:`pixtok.training.compilation`), evaluation eager;
+* ``train.ema_decay``: a moving average of the trainable weights (:mod:`pixtok.training.ema`),
+  carried by the checkpoints; evaluation and the saved model use it (not with FSDP);
 * TensorBoard logging through accelerate's trackers; a progress bar on the main process.
 
 With several processes (``accelerate launch``, ``recipes/accelerate/ddp.yaml`` / ``fsdp.yaml``):
@@ -58,6 +60,7 @@ from ..tasks.base import Example, Task
 from .checkpoint import read_state, resolve_checkpoint, save_checkpoint
 from .compilation import compile_options, compile_repeated_blocks, eager, step_begin
 from .config import ConfigError, RecipeConfig, TrainSection
+from .ema import WeightEMA
 from .feature_cache import FeatureCache, check_cacheable
 from .sampling import SampleStream, TaskMixture, sample_rng
 from .unused_parameters import freeze, probe
@@ -295,6 +298,11 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         checkpoint = resolve_checkpoint(recipe.resume_from)
         state = read_state(checkpoint)
         _check_compatible(state, model)
+        if bool(state.get("ema", False)) != (cfg.ema_decay is not None):
+            raise ConfigError(
+                f"checkpoint {checkpoint} was written {'with' if state.get('ema') else 'without'} a weight "
+                f"average; resume it with train.ema_decay {'set' if state.get('ema') else 'null'}"
+            )
         start_step = int(state["step"])
         if start_step >= cfg.max_steps:
             raise ConfigError(f"checkpoint {checkpoint} is at step {start_step} >= max_steps {cfg.max_steps}")
@@ -353,6 +361,14 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     scheduler = _cosine_schedule(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    ema = None
+    if cfg.ema_decay is not None:
+        if sharded:
+            raise ConfigError("train.ema_decay is not supported with FSDP (the parameters are shards)")
+        trainable = [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
+        ema = WeightEMA(trainable, cfg.ema_decay)
+        accelerator.register_for_checkpointing(ema)  # after the scheduler: checkpoints keep its slot
+    state["ema"] = ema is not None
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"resumed from {checkpoint} at step {start_step}")
@@ -461,6 +477,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                     if cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
+                    if ema is not None:
+                        ema.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 bad_step = False
@@ -502,7 +520,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             pause = time.time()
             target = main_model()
             if target is not None:
-                metrics, _ = run_evaluation(target)
+                with ema.applied() if ema is not None else contextlib.nullcontext():
+                    metrics, _ = run_evaluation(target)
                 accelerator.log(
                     {f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items() if v is not None},
                     step=step,
@@ -532,6 +551,10 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     if sharded:
         _complete_adamw_state(optimizer)
     save_checkpoint(accelerator, out_dir, step, _state(state, identity), keep=cfg.keep_checkpoints)
+    if ema is not None:
+        # the checkpoint above keeps the trained weights (and the average) to resume from; what is
+        # evaluated, saved and left in the model from here on is the average
+        ema.copy_to_params()
     target = main_model()
     result: dict[str, Any] = {}
     if target is not None:
