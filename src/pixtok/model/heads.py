@@ -199,17 +199,23 @@ def sigmoid_focal_loss(
     return alpha_t * loss
 
 
-def mask_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_losses(
+    logits: torch.Tensor, targets: torch.Tensor, dice_rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Focal (mean over pixels) and dice losses of binary masks.
 
     Args:
         logits: (N, H, W) mask logits.
         targets: (N, H, W) float in [0, 1].
+        dice_rows: (N,) bool, the masks the dice term averages over (default: all). A mask whose
+            target is empty has no region to overlap; the focal term alone pushes it to zero.
 
     Returns:
-        (focal, dice) scalars averaged over the N masks.
+        (focal, dice) scalars: focal averaged over the N masks, dice over ``dice_rows``.
     """
     focal = sigmoid_focal_loss(logits, targets).flatten(1).mean(1).mean()
+    if dice_rows is not None:
+        logits, targets = logits[dice_rows], targets[dice_rows]
     prob = logits.float().sigmoid().flatten(1)
     t = targets.float().flatten(1)
     dice = 1 - (2 * (prob * t).sum(1) + 1) / (prob.sum(1) + t.sum(1) + 1)

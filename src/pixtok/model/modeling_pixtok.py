@@ -959,26 +959,25 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             moments = grounding_moments(self.grounding_head(encoder_states)[:, 0])
         return self.box_head(first_state, moments)
 
-    def _weighted_mask_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The mask decoder's loss form (also the grounding head's): focal and dice, weighted by
-        ``config.mask_focal_weight`` and ``config.mask_dice_weight``."""
-        focal, dice = mask_losses(logits, targets)
+    def _weighted_mask_loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, dice_rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The mask decoder's loss form (also the grounding and class-map heads'): focal and dice
+        (:func:`heads.mask_losses`), weighted by ``config.mask_focal_weight`` and ``config.mask_dice_weight``."""
+        focal, dice = mask_losses(logits, targets, dice_rows)
         return self.config.mask_focal_weight * focal + self.config.mask_dice_weight * dice
 
     def _class_map_loss(
         self, logits: torch.Tensor, targets: torch.Tensor, classes: torch.Tensor
     ) -> torch.Tensor:
         """The mask loss's form on per-class grid maps: focal over every cell of every class map of
-        the images with objects, dice over the (image, class) maps whose class is present (an
-        absent class's map has no region to overlap; focal alone pushes it to zero)."""
+        the images with objects, dice over the (image, class) maps whose class is present."""
         rows = (classes >= 0).any(1)
         logits, targets, classes = logits[rows], targets[rows], classes[rows]
         valid = classes >= 0
         one_hot = nn.functional.one_hot(classes.clamp(min=0), targets.shape[1]).bool() & valid[..., None]
         present = one_hot.any(1)  # (images, classes): which classes each image has
-        focal, _ = mask_losses(logits.flatten(0, 1), targets.flatten(0, 1))
-        _, dice = mask_losses(logits[present], targets[present])
-        return self.config.mask_focal_weight * focal + self.config.mask_dice_weight * dice
+        return self._weighted_mask_loss(logits.flatten(0, 1), targets.flatten(0, 1), present.flatten())
 
     @staticmethod
     def _mask_prompt_boxes(
