@@ -272,6 +272,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "metrics": metrics,
         "targets": targets,
         "all_metrics": result["val"],
+        # train.ema_eval_raw: the trained weights' scores beside the average's
+        **(
+            {
+                "raw_metrics": headline_metrics(args.row, result["val_raw"]),
+                "all_metrics_raw": result["val_raw"],
+            }
+            if "val_raw" in result
+            else {}
+        ),
         "steps": result["step"],
         "train_seconds": result["train_seconds"],
         "stopped_by_time_limit": result.get("stopped_by_time_limit", False),
@@ -294,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "" if check is None else f"  target {check['target']}: {'met' if check['met'] else 'NOT met'}"
         )
         print(f"  {key:>24s} {value:.4f}{verdict}")
+    for key, value in payload.get("raw_metrics", {}).items():
+        print(f"  {key + ' (trained weights)':>24s} {value:.4f}")
     return payload
 
 

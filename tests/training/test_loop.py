@@ -219,9 +219,12 @@ def test_ema_average_is_what_is_evaluated_saved_and_resumed_exactly(tmp_path, mo
         original(self)
 
     monkeypatch.setattr(WeightEMA, "update", recording)
-    raw, _ = _run(tmp_path, "raw", 6)
-    averaged, result = _run(tmp_path, "ema", 6, **{"train.ema_decay": 0.5})
+    raw, plain = _run(tmp_path, "raw", 6)
+    averaged, result = _run(tmp_path, "ema", 6, **{"train.ema_decay": 0.5, "train.ema_eval_raw": True})
     assert result["step"] == 6 and len(seen) == 6
+    # ema_eval_raw scores the trained weights too: the plain run's figure, beside the average's own
+    assert result["val_raw"] == plain["val"] and result["val"] != plain["val"]
+    assert "val_raw" not in plain
     # the average does not feed back: the trained weights are the plain run's
     torch.testing.assert_close(seen[-1], torch.stack([raw.a.detach(), raw.b.detach()]))
     expected = torch.zeros(2)  # both parameters start at 0

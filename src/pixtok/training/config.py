@@ -134,6 +134,9 @@ class TrainSection:
             saved model use the average, checkpoints carry it (:mod:`pixtok.training.ema`). A
             run resumes only with the same choice (average or none). ``None``: no average. Not
             with FSDP.
+        ema_eval_raw: with ``ema_decay``, also score the trained (not averaged) weights at the end
+            of the run, reported as ``val_raw`` beside ``val`` (one more evaluation: what the
+            average is worth, measured on the same run).
         ddp_find_unused: DDP's ``find_unused_parameters`` (other setups ignore it). ``auto`` runs
             one training micro-batch of each task before training, turns off the parameters no
             task trains (the other tasks' heads) and searches for unused parameters every step
@@ -172,6 +175,7 @@ class TrainSection:
     pad_to_multiple_of: int | None = None
     time_limit_minutes: float | None = None
     ema_decay: float | None = None
+    ema_eval_raw: bool = False
     ddp_find_unused: bool | str = "auto"
 
 

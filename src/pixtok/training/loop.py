@@ -18,6 +18,7 @@ What it guarantees:
   (:mod:`pixtok.training.compilation`), evaluation eager;
 * ``train.ema_decay``: a moving average of the trainable weights (:mod:`pixtok.training.ema`),
   carried by the checkpoints; evaluation and the saved model use it (not with FSDP);
+  ``train.ema_eval_raw`` also scores the trained weights at the end (``val_raw``);
 * TensorBoard logging through accelerate's trackers; a progress bar on the main process.
 
 With several processes (``accelerate launch``, ``recipes/accelerate/ddp.yaml`` / ``fsdp.yaml``):
@@ -551,6 +552,9 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     if sharded:
         _complete_adamw_state(optimizer)
     save_checkpoint(accelerator, out_dir, step, _state(state, identity), keep=cfg.keep_checkpoints)
+    raw_metrics = None
+    if ema is not None and cfg.ema_eval_raw and main_model() is not None:
+        raw_metrics, _ = run_evaluation(main_model())  # the trained weights, before the average
     if ema is not None:
         # the checkpoint above keeps the trained weights (and the average) to resume from; what is
         # evaluated, saved and left in the model from here on is the average
@@ -589,6 +593,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             "history": history,
             "pictures": pictures,
         }
+        if raw_metrics is not None:
+            result["val_raw"] = raw_metrics
         if cache is not None:
             result["feature_cache"] = cache.summary()
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=_jsonable))
