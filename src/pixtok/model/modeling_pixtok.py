@@ -59,6 +59,7 @@ from .sam import (
     load_state_dict_checked,
     reset_positional_encoding,
 )
+from .t5_attention import use_contiguous_position_bias
 from .towers import DualTower, VisionFeatures
 from .vocab import DECODER_START_ID, EOS_ID, PAD_ID
 
@@ -268,6 +269,7 @@ class PixtokModel(PixtokPreTrainedModel):
             output_size=text_config.d_model,
         )
         self.text_model = T5ForConditionalGeneration(text_config)
+        use_contiguous_position_bias(self.text_model)  # SDPA's fused kernels, not its math path
         self.added_tokens = (
             AddedTokenRows(config.base_vocab_size, text_config.vocab_size, text_config.d_model)
             if config.freeze_text_model
