@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pixtok.model.processing_pixtok import PixtokProcessor
     from pixtok.training.recipe import prepare
 
-    overrides = {"train.output_dir": args.output_dir}
+    overrides = {"train.output_dir": args.output_dir} if args.output_dir else {}
     overrides.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
     recipe = row_config(args.row, overrides)
     if "detection" not in recipe.tasks:

@@ -130,7 +130,7 @@ def row_config(row: str, overrides: dict[str, Any] | None = None):
     merged: dict[str, Any] = {}
     if row != base:
         merged = {"train.output_dir": f"outputs/learning/{row}", **variants[row[len(base) + 1 :]]}
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged.update(overrides or {})
     return load_config(raw, merged)
 
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from pixtok.training.recipe import run_recipe
 
-    overrides: dict[str, Any] = {"train.output_dir": args.output_dir}
+    overrides: dict[str, Any] = {"train.output_dir": args.output_dir} if args.output_dir else {}
     for item in args.set:
         if "=" not in item:
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [
             args.row,
             *([f"--name {args.name}"] if args.name else []),
+            *([f"--output-dir {args.output_dir}"] if args.output_dir else []),
             *(f"--set {s}" for s in args.set),
             *([f"--compile-cache {args.compile_cache}"] if args.compile_cache else []),
         ]

@@ -61,6 +61,8 @@ def test_task_options_are_checked_when_the_config_is_read(tasks, message):
 def test_ema_decay_must_be_a_decay():
     assert load_config(None, {"train.ema_decay": "0.999"}).train.ema_decay == 0.999
     assert load_config(None, {}).train.ema_decay is None
+    # a null override turns a file's average off (`--set train.ema_decay=null`)
+    assert load_config({"train": {"ema_decay": 0.9}}, {"train.ema_decay": None}).train.ema_decay is None
     for bad in (0, 1.0, 1.5, -0.1):
         with pytest.raises(ConfigError, match="ema_decay"):
             load_config(None, {"train.ema_decay": bad})

@@ -56,6 +56,9 @@ def test_variant_rows_are_their_file_with_overrides():
     no_grid = run.row_config("detection_no_grid", {"train.max_steps": 7})
     assert no_grid.model.overrides["extractor_config"] == {"grid_tokens": 0}
     assert no_grid.train.max_steps == 7  # --set overrides come last
+    # a variant (or --set) may turn a setting off with null
+    assert base.train.ema_decay and run.row_config("detection_no_ema").train.ema_decay is None
+    assert run.row_config("detection", {"train.ema_decay": None}).train.ema_decay is None
     assert run.base_row("coco_tiny_overfit_no_seq_aug") == "coco_tiny_overfit"
     assert run.headline_metrics("detection_no_seq_aug", {"detection": {"AP": 0.5}}) == {"AP": 0.5}
     assert run.check_targets("detection_no_seq_aug", {"AP": 0.5}) == {}  # targets are the base row's

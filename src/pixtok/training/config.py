@@ -329,7 +329,9 @@ def load_config(
     Args:
         path: the YAML file, a mapping already read from one (copied, not changed), or ``None``
             for the built-in defaults.
-        overrides: ``{"train.max_steps": 5, "resume_from": "…"}`` — dotted keys into the file.
+        overrides: ``{"train.max_steps": 5, "resume_from": "…"}`` — dotted keys into the file. A
+            ``None`` value sets the key to null (``--set train.ema_decay=null`` turns the average
+            off); callers leave out the options they were not given.
 
     Raises:
         ConfigError: the file is missing, or a key or value is invalid.
@@ -340,8 +342,6 @@ def load_config(
     elif path is not None:
         raw = read_config_file(path)
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:

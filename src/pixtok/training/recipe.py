@@ -214,12 +214,13 @@ def parse_args(argv: list[str] | None, default_config: str | os.PathLike | None)
     args = parser.parse_args(argv)
     import yaml
 
-    overrides: dict[str, Any] = {
+    given = {
         "train.output_dir": args.output_dir,
         "train.max_steps": args.max_steps,
         "resume_from": args.resume_from,
         "push_to_hub": args.push_to_hub,
     }
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     for item in args.set:
         if "=" not in item:
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
