@@ -296,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for task, picture in result.get("pictures", {}).items():
         png = f"learning_{name}.png" if len(result["pictures"]) == 1 else f"learning_{name}_{task}.png"
         shutil.copyfile(out_dir / picture, results / png)
+    # per-example rows of the tasks that keep them (referring), for benchmarks/learning/misses.py
+    for task, kept in result.get("records", {}).items():
+        shutil.copyfile(out_dir / kept, results / f"learning_{name}_{task}_records.jsonl")
 
     print(f"\n{args.row}: {result['step']} steps in {result['train_seconds']:.0f} s on {payload['device']}")
     for key, value in metrics.items():

@@ -275,3 +275,52 @@ def test_compile_cache_round_trips_the_compilers_artifacts(tmp_path, monkeypatch
     blob = gzip.decompress(path.read_bytes())
     assert len(blob) > 0 and not path.with_name("cache.gz.tmp").exists()
     run.load_compile_cache(path)  # a fresh process does this before training
+
+
+def test_referring_run_keeps_per_expression_records_and_misses_reads_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIXTOK_CACHE", str(tmp_path / "cache"))
+    run, misses = _module("run"), _module("misses")
+    results = tmp_path / "results"
+    sets = ["model.preset=tiny", "model.overrides.extractor_config.grid_tokens=8", "train.max_steps=1"]
+    sets += ["train.batch_size=2", "train.num_workers=0"]
+    sets += [
+        "train.mixed_precision=no",
+        "train.compile=false",
+        "data.num_val=3",
+        "data.synthetic.num_images=20",
+    ]
+    payload = run.main(
+        ["referring", "--output-dir", str(tmp_path / "out"), "--results", str(results)]
+        + [a for s in sets for a in ("--set", s)]
+    )
+    path = results / "learning_referring_referring_records.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 3
+    assert {"expression", "box", "predicted_box", "iou", "relation", "token_iou"} <= set(rows[0])
+    # the records are the scores' own: their hit rate is the row's P@0.5
+    hits = sum(r["iou"] >= 0.5 for r in rows) / len(rows)
+    assert hits == pytest.approx(payload["all_metrics"]["referring"]["precision@0.5"])
+    assert misses.main([str(path)]) == 0
+    assert "| all |  | 3 |" in capsys.readouterr().out
+
+
+def test_misses_groups_and_bands():
+    misses = _module("misses")
+    rows = [
+        {"expression": "the square", "iou": 0.9, "box": [0, 0, 10, 10], "relation": False},
+        {"expression": "the red square", "iou": 0.3, "box": [0, 0, 20, 20], "relation": False},
+        {
+            "expression": "the small red circle left of the blue star",
+            "iou": 0.1,
+            "box": [0, 0, 4, 4],
+            "relation": True,
+        },
+    ]
+    assert misses.subject_words(rows[2]["expression"]) == ["small", "red", "circle"]
+    summary = misses.summarize(rows)
+    assert summary["count"] == 3 and summary["P@0.5"] == pytest.approx(1 / 3)
+    assert summary["near_miss"] == pytest.approx(1 / 3) and summary["far_miss"] == pytest.approx(1 / 3)
+    text = misses.table(rows)
+    assert "| kind | relation | 1 | 0.000 | 0.000 | 1.000 |" in text
+    assert "| subject words | 1 | 1 | 1.000 |" in text
+    assert "| size word | small | 1 |" in text and "| shape | square | 2 | 0.500 |" in text

@@ -250,5 +250,11 @@ class Task(ABC):
     def score(self, predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
         """Metrics of ``predictions`` against ``examples[i].reference``."""
 
+    def records(self, predictions: Sequence[dict], examples: Sequence[Example]) -> list[dict] | None:
+        """One JSON-ready row per validation example — what was asked, what was expected, what was
+        predicted, how it scored — for reading the misses one by one (the training loop writes them
+        to ``val_<task>_records.jsonl``). ``None`` (the default): the task keeps none."""
+        return None
+
 
 __all__ = ["GENERATE_OPTIONS", "Example", "Task"]

@@ -149,5 +149,30 @@ class ReferringTask(Task):
                     scores[f"token_{key}"] = value
         return scores
 
+    def records(self, predictions: Sequence[dict], examples: Sequence[Example]) -> list[dict]:
+        """Per expression: the text, the target and predicted boxes (pixels, xyxy), their IoU, the
+        decoder tokens' box and IoU when there are any, and whether the text names a relation."""
+        from ..evaluation.referring import paired_box_iou
+
+        pred = np.stack([np.asarray(p["box"], dtype=np.float64) for p in predictions])
+        gt = np.stack([np.asarray(e.reference["box"], dtype=np.float64) for e in examples])
+        ious = paired_box_iou(pred, gt)
+        rows = []
+        for i, (p, e) in enumerate(zip(predictions, examples)):
+            row = {
+                "image_id": e.image_id,
+                "expression": e.text,
+                "relation": has_relation(e.text or ""),
+                "box": [round(float(v), 2) for v in gt[i]],
+                "predicted_box": [round(float(v), 2) for v in pred[i]],
+                "iou": round(float(ious[i]), 4),
+            }
+            if "token_box" in p:
+                token = np.asarray(p["token_box"], dtype=np.float64)[None]
+                row["token_box"] = [round(float(v), 2) for v in token[0]]
+                row["token_iou"] = round(float(paired_box_iou(token, gt[i : i + 1])[0]), 4)
+            rows.append(row)
+        return rows
+
 
 __all__ = ["ReferringTask"]

@@ -573,12 +573,17 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         )
         target.save_pretrained(out_dir)
         processor.save_pretrained(out_dir)
-        pictures = {}
+        pictures, records = {}, {}
         for data in tasks:
             examples, predictions = shown[data.task.name]
             path = out_dir / f"val_{data.task.name}.png"
             if data.task.draw(examples[:4], predictions[:4], path):
                 pictures[data.task.name] = path.name
+            rows = data.task.records(predictions, examples)
+            if rows:
+                path = out_dir / f"val_{data.task.name}_records.jsonl"
+                path.write_text("".join(json.dumps(row, default=_jsonable) + "\n" for row in rows))
+                records[data.task.name] = path.name
         result = {
             "step": step,
             "val": metrics,
@@ -592,6 +597,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             "global_batch_size": global_batch,
             "history": history,
             "pictures": pictures,
+            "records": records,
         }
         if raw_metrics is not None:
             result["val_raw"] = raw_metrics
