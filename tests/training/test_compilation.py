@@ -17,6 +17,7 @@ from pixtok.training.compilation import (
     compile_repeated_blocks,
     eager,
     repeated_blocks,
+    standalone_regions,
     step_begin,
 )
 from pixtok.training.config import ConfigError, load_config
@@ -61,7 +62,10 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients_with_unchanged_names(
     eager_model = copy.deepcopy(model)
     compiled = copy.deepcopy(model)
     names = list(compiled.state_dict())
-    assert compile_repeated_blocks(compiled, backend="aot_eager") == len(repeated_blocks(compiled))
+    # every repeated block, and the LM loss by itself
+    assert [type(m).__name__ for m in standalone_regions(compiled)] == ["LMLoss"]
+    assert compile_repeated_blocks(compiled, backend="aot_eager") == len(repeated_blocks(compiled)) + 1
+    assert compiled.lm_loss._compiled_call_impl is not None
     assert list(compiled.state_dict()) == names  # in place: checkpoints and save_pretrained unchanged
     batch = _batch(model.config)
     losses = []
@@ -127,3 +131,32 @@ def test_recipe_trains_and_evaluates_with_compiled_blocks(tmp_path, capsys):
     )
     assert result["step"] == 2 and "AP" in result["val"]["detection"]
     assert "compiled" in capsys.readouterr().out
+
+
+def test_standalone_regions_compile_without_cuda_graphs():
+    from pixtok.training.compilation import _without_graphs
+
+    assert _without_graphs({"mode": "reduce-overhead"}) == {}
+    assert _without_graphs({"mode": "max-autotune"}) == {"mode": "max-autotune-no-cudagraphs"}
+    assert _without_graphs({"mode": "default", "fullgraph": True}) == {"mode": "default", "fullgraph": True}
+    assert _without_graphs({"backend": "aot_eager"}) == {"backend": "aot_eager"}
+
+
+def test_compiled_lm_loss_equals_the_function_with_gaussian_coordinates():
+    from pixtok.model.heads import LMLoss, weighted_lm_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 60, requires_grad=True)
+    labels = torch.randint(0, 55, (2, 7))
+    labels[0, -2:] = -100
+    weights = torch.rand(2, 7)
+    args = (labels, weights, 0.1, 55, (20, 30), 2.0)  # 55 real ids of 60 rows, bins 20..49, sigma 2
+    expected = weighted_lm_loss(logits, *args)
+    (grad,) = torch.autograd.grad(expected, logits)
+    module = LMLoss()
+    module.compile(backend="aot_eager")
+    got = module(logits, *args)
+    (got_grad,) = torch.autograd.grad(got, logits)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_grad, grad)
+    assert float(grad[..., 55:].abs().sum()) == 0.0  # padded rows get nothing

@@ -146,6 +146,33 @@ def weighted_lm_loss(
     return (ce * w).sum() / w.sum().clamp(min=1e-6)
 
 
+class LMLoss(nn.Module):
+    """:func:`weighted_lm_loss` as a module (no parameters), so that training can compile it alone.
+
+    The loss reads the whole ``(B, T, V)`` logits a few times over in float32 (cast, log-softmax,
+    smoothing sum, and their backward): at a 33k-id vocabulary and 16k target tokens, ~1 GB of bf16
+    logits and eager kernels that each stream 2 GB. ``compile_alone`` asks regional compilation
+    (``pixtok.training.compilation``) to compile it by itself, into a few fused kernels, without
+    CUDA graphs (its input is a large activation made outside any graph, which a graph would copy).
+    """
+
+    compile_alone = True
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+        label_smoothing: float,
+        num_classes: int | None = None,
+        coordinate_bins: tuple[int, int] | None = None,
+        coordinate_sigma: float = 0.0,
+    ) -> torch.Tensor:
+        return weighted_lm_loss(
+            logits, labels, weights, label_smoothing, num_classes, coordinate_bins, coordinate_sigma
+        )
+
+
 def _soft_coordinate_correction(
     logits: torch.Tensor,
     targets: torch.Tensor,

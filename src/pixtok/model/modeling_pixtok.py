@@ -39,13 +39,13 @@ from .heads import (
     GROUNDING_MOMENTS,
     BoxHead,
     GroundingHead,
+    LMLoss,
     ProposalHead,
     TraceHead,
     box_regression_loss,
     grounding_moments,
     mask_losses,
     masked_l1,
-    weighted_lm_loss,
 )
 from .lora import AddedTokenRows, apply_lora, lm_head_input_scale, merge_lora, reset_lora, unmerge_lora
 from .model_card import PixtokHubMixin
@@ -669,6 +669,7 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
         super().__init__(config)
         self.model = PixtokModel(config)
         d_model = config.text_config.d_model
+        self.lm_loss = LMLoss()  # no parameters: a module so that training can compile it alone
         self.trace_head = TraceHead(d_model, config.trace_head_hidden_size, config.trace_head_num_layers)
         self.box_head = BoxHead(
             d_model,
@@ -843,7 +844,7 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
             if label_weights is None:
                 label_weights = torch.where(labels == EOS_ID, config.eos_weight, 1.0).to(logits.dtype)
             if bool((labels != -100).any()):
-                losses["lm_loss"] = config.lm_loss_weight * weighted_lm_loss(
+                losses["lm_loss"] = config.lm_loss_weight * self.lm_loss(
                     logits,
                     labels,
                     label_weights,

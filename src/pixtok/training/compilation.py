@@ -14,6 +14,10 @@ the step is then launched as a few dozen graph replays instead of thousands of k
 what a small model's step needs (it is host-bound otherwise). Call :func:`step_begin` at the start
 of every micro-batch so that the graphs' output memory can be reused.
 
+A module whose class sets ``compile_alone = True`` (the LM loss, ``pixtok.model.heads.LMLoss``) is
+compiled by itself as well, never with CUDA graphs: its input is a large activation made outside
+any graph, which a graph would first copy into its own memory.
+
 Use :func:`eager` around code that should not run compiled (evaluation's decode loop, whose shapes
 change every step).
 """
@@ -64,15 +68,33 @@ def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return found
 
 
+def standalone_regions(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of ``model`` whose class asks to be compiled by itself (``compile_alone``)."""
+    return [m for m in model.modules() if getattr(type(m), "compile_alone", False)]
+
+
+def _without_graphs(compile_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``compile_kwargs`` with a CUDA-graph mode swapped for its graph-free equivalent."""
+    mode = compile_kwargs.get("mode")
+    out = {k: v for k, v in compile_kwargs.items() if k != "mode"}
+    if mode == "max-autotune":
+        out["mode"] = "max-autotune-no-cudagraphs"
+    elif mode not in (None, "reduce-overhead"):
+        out["mode"] = mode
+    return out
+
+
 def compile_repeated_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> int:
-    """``torch.compile`` every repeated block of ``model`` in place; returns how many were compiled.
+    """``torch.compile`` every repeated block of ``model`` in place, and every
+    :func:`standalone_regions` module without CUDA graphs; returns how many modules were compiled.
 
     Blocks of one class share their compiled code (one compile per distinct graph: e.g. T5's first
     layer, which owns the relative-position bias, and the rest). The dynamo cache is widened so that
     every block kind keeps its compiled code across the batches' varying sequence lengths.
     """
     blocks = repeated_blocks(model)
-    if not blocks:
+    alone = [m for m in standalone_regions(model) if not any(m is b for b in blocks)]
+    if not blocks and not alone:
         return 0
     limit = 8 * len({type(b) for b in blocks})
     config = torch._dynamo.config
@@ -81,7 +103,9 @@ def compile_repeated_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> in
             setattr(config, name, max(getattr(config, name), limit))
     for block in blocks:
         block.compile(**compile_kwargs)
-    return len(blocks)
+    for module in alone:
+        module.compile(**_without_graphs(compile_kwargs))
+    return len(blocks) + len(alone)
 
 
 @contextlib.contextmanager
@@ -96,4 +120,12 @@ def eager() -> Iterator[None]:
         yield
 
 
-__all__ = ["MODES", "compile_options", "compile_repeated_blocks", "eager", "repeated_blocks", "step_begin"]
+__all__ = [
+    "MODES",
+    "compile_options",
+    "compile_repeated_blocks",
+    "eager",
+    "repeated_blocks",
+    "standalone_regions",
+    "step_begin",
+]

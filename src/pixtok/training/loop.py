@@ -352,7 +352,9 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             compiling = {}
         compiled = compile_repeated_blocks(model, **compiling)
         how = ", ".join(f"{k} {v}" for k, v in compiling.items()) or "inductor"
-        accelerator.print(f"compiled {compiled} repeated blocks in place (torch.compile: {how})")
+        accelerator.print(
+            f"compiled {compiled} repeated blocks and loss regions in place (torch.compile: {how})"
+        )
     groups = _param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.lr_scales)
     if probed is not None:
         # after the groups are built: they, and so the optimizer's checkpoints, stay those of any
