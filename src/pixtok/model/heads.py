@@ -158,19 +158,9 @@ class LMLoss(nn.Module):
 
     compile_alone = True
 
-    def forward(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        weights: torch.Tensor,
-        label_smoothing: float,
-        num_classes: int | None = None,
-        coordinate_bins: tuple[int, int] | None = None,
-        coordinate_sigma: float = 0.0,
-    ) -> torch.Tensor:
-        return weighted_lm_loss(
-            logits, labels, weights, label_smoothing, num_classes, coordinate_bins, coordinate_sigma
-        )
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        """:func:`weighted_lm_loss`, with its arguments."""
+        return weighted_lm_loss(*args, **kwargs)
 
 
 def _soft_coordinate_correction(
