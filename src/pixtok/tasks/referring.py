@@ -47,6 +47,16 @@ def has_relation(text: str) -> bool:
     return not RELATION_WORDS.isdisjoint(re.findall(r"[a-z]+", text.lower()))
 
 
+def _boxes(predictions: Sequence[dict], key: str) -> np.ndarray:
+    """(N, 4) float64 boxes ``prediction[key]`` of every prediction."""
+    return np.stack([np.asarray(p[key], dtype=np.float64) for p in predictions])
+
+
+def _reference_boxes(examples: Sequence[Example]) -> np.ndarray:
+    """(N, 4) float64 target boxes of every example."""
+    return np.stack([np.asarray(e.reference["box"], dtype=np.float64) for e in examples])
+
+
 def _row_mask(row: dict[str, Any]) -> np.ndarray | None:
     segmentation = row.get("segmentation")
     if not segmentation:
@@ -104,8 +114,7 @@ class ReferringTask(Task):
     def score(self, predictions: Sequence[dict], examples: Sequence[Example]) -> dict[str, float]:
         from ..evaluation.referring import evaluate_referring
 
-        pred_boxes = np.stack([np.asarray(p["box"], dtype=np.float64) for p in predictions])
-        gt_boxes = np.stack([np.asarray(e.reference["box"], dtype=np.float64) for e in examples])
+        pred_boxes, gt_boxes = _boxes(predictions, "box"), _reference_boxes(examples)
         with_masks = all(e.reference["mask"] is not None for e in examples)
         if with_masks:
             scores = evaluate_referring(
@@ -143,7 +152,7 @@ class ReferringTask(Task):
                     scores[f"mask_box_{key}"] = value
         if all("token_box" in p for p in predictions):
             # the decoder's own coordinate tokens, scored beside the box head's regression
-            tokens = np.stack([np.asarray(p["token_box"], dtype=np.float64) for p in predictions])
+            tokens = _boxes(predictions, "token_box")
             for key, value in evaluate_referring(tokens, gt_boxes).items():
                 if key != "num_expressions":
                     scores[f"token_{key}"] = value
@@ -154,11 +163,14 @@ class ReferringTask(Task):
         decoder tokens' box and IoU when there are any, and whether the text names a relation."""
         from ..evaluation.referring import paired_box_iou
 
-        pred = np.stack([np.asarray(p["box"], dtype=np.float64) for p in predictions])
-        gt = np.stack([np.asarray(e.reference["box"], dtype=np.float64) for e in examples])
+        pred, gt = _boxes(predictions, "box"), _reference_boxes(examples)
         ious = paired_box_iou(pred, gt)
+        with_tokens = all("token_box" in p for p in predictions)
+        if with_tokens:
+            tokens = _boxes(predictions, "token_box")
+            token_ious = paired_box_iou(tokens, gt)
         rows = []
-        for i, (p, e) in enumerate(zip(predictions, examples)):
+        for i, e in enumerate(examples):
             row = {
                 "image_id": e.image_id,
                 "expression": e.text,
@@ -167,10 +179,9 @@ class ReferringTask(Task):
                 "predicted_box": [round(float(v), 2) for v in pred[i]],
                 "iou": round(float(ious[i]), 4),
             }
-            if "token_box" in p:
-                token = np.asarray(p["token_box"], dtype=np.float64)[None]
-                row["token_box"] = [round(float(v), 2) for v in token[0]]
-                row["token_iou"] = round(float(paired_box_iou(token, gt[i : i + 1])[0]), 4)
+            if with_tokens:
+                row["token_box"] = [round(float(v), 2) for v in tokens[i]]
+                row["token_iou"] = round(float(token_ious[i]), 4)
             rows.append(row)
         return rows
 

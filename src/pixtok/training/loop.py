@@ -554,14 +554,14 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     if sharded:
         _complete_adamw_state(optimizer)
     save_checkpoint(accelerator, out_dir, step, _state(state, identity), keep=cfg.keep_checkpoints)
+    target = main_model()
     raw_metrics = None
-    if ema is not None and cfg.ema_eval_raw and main_model() is not None:
-        raw_metrics, _ = run_evaluation(main_model())  # the trained weights, before the average
-    if ema is not None:
+    if ema is not None:  # never sharded: target is the live model (or None off the main process)
+        if target is not None and cfg.ema_eval_raw:
+            raw_metrics, _ = run_evaluation(target)  # the trained weights, before the average
         # the checkpoint above keeps the trained weights (and the average) to resume from; what is
         # evaluated, saved and left in the model from here on is the average
         ema.copy_to_params()
-    target = main_model()
     result: dict[str, Any] = {}
     if target is not None:
         accelerator.print(
