@@ -9,8 +9,11 @@ setting, so that decoding choices are compared on one set of weights in one proc
 * ``nucleus_renormalized``: the same with class scores renormalized over the real classes (pixtok's
   scoring until the tenth session: an object the model calls noise could rank high);
 * ``greedy`` / ``greedy_renormalized``: argmax decoding with either score;
-* ``greedy_window2`` / ``greedy_window8``: greedy, each box coordinate read between bins as its
-  softmax's mean over the 2 or 8 bins either side of the token (``GenerationOptions.coordinate_window``).
+* ``greedy_window2`` … ``greedy_window16``: greedy, each box coordinate read between bins as its
+  softmax's mean over the 2, 4, 8 or 16 bins either side of the token
+  (``GenerationOptions.coordinate_window``).
+
+``--settings a,b`` scores only those settings.
 
 Each setting names every option it sets, so the row's own ``generate`` task option does not apply.
 
@@ -49,7 +52,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "greedy_renormalized": {"do_sample": False, "rank_against_noise": False},
     # boxes read between bins: each coordinate's softmax mean over the 2w + 1 bins around its token
     "greedy_window2": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 2},
+    "greedy_window4": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 4},
     "greedy_window8": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 8},
+    "greedy_window16": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 16},
 }
 KEYS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AR100": "AR@100", "APs": "APs", "APm": "APm"}
 
@@ -74,7 +79,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--results", default=str(RESULTS_DIR))
+    parser.add_argument("--settings", help="comma-separated subset of: " + ", ".join(SETTINGS))
     args = parser.parse_args(argv)
+    chosen = args.settings.split(",") if args.settings else list(SETTINGS)
+    unknown = [name for name in chosen if name not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    settings = {name: SETTINGS[name] for name in chosen}
 
     from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
     from pixtok.model.processing_pixtok import PixtokProcessor
@@ -93,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = PixtokForConditionalGeneration.from_pretrained(out_dir).to(args.device).eval()
     processor = PixtokProcessor.from_pretrained(out_dir)
     metrics: dict[str, float] = {}
-    for name, options in SETTINGS.items():
+    for name, options in settings.items():
         found = score(
             data, model, processor, options, args.batch_size, recipe.train.max_new_tokens,
             recipe.data.num_val, recipe.train.seed,
@@ -110,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device,
         command_line(),
         metrics,
-        settings=SETTINGS,
+        settings=settings,
         num_val=recipe.data.num_val,
         model=str(out_dir),
     )
