@@ -34,6 +34,11 @@ they were; the compiled step did not get faster, benchmarks/RESULTS.md).
 on cuBLAS's unaligned (``align1``) kernels. The FLOPs stay those of the unpadded step (the padding is
 not useful work), so MFU only rises if the step gets faster.
 
+``--profile`` prints each base arm's top kernels and their total against the step's wall time;
+``--trace DIR`` also writes one step of each arm as a Chrome trace (``DIR/<arm>.json.gz``, host and
+device activity) to see which host work leaves the GPU idle. ``--skip-eager`` (with ``--compile``)
+times only the compiled arms.
+
 Writes ``benchmarks/results/train.json`` (``base_mfu``, ``cache_speedup``, ``xl_peak_gb``, …).
 """
 
@@ -41,7 +46,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -158,6 +165,7 @@ def measure(
     profile: bool = False,
     compile_mode: str | None = None,
     pad_to_multiple_of: int = 1,
+    trace: Path | None = None,
 ) -> dict:
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(preset)
@@ -199,6 +207,8 @@ def measure(
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     if profile and device.type == "cuda":
         print_profile(step, seconds)
+    if trace is not None:
+        write_trace(step, trace)
     trainable = sum(p.numel() for p in params)
     result = {
         "samples_per_s": batch_size / seconds,
@@ -226,6 +236,25 @@ def print_profile(step, seconds: float, top: int = 12) -> None:
         print(f"    {ms:8.2f} ms {count:6d}x  {name}")
 
 
+def write_trace(step, path: Path) -> None:
+    """One step under ``torch.profiler`` (host and device activity) as a gzip'd Chrome trace:
+    the host-side gaps between kernels, which :func:`print_profile` only sums, by operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = path.with_suffix("")
+    prof.export_chrome_trace(str(raw))
+    with open(raw, "rb") as src, gzip.open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
+    print(f"    trace: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -236,6 +265,10 @@ def main() -> None:
         help="also time each base arm with its repeated blocks compiled in this torch.compile mode",
     )
     parser.add_argument("--profile", action="store_true", help="print each base step's top kernels")
+    parser.add_argument("--trace", help="write one step of each base arm as a Chrome trace (.json.gz) to this folder")
+    parser.add_argument(
+        "--skip-eager", action="store_true", help="with --compile, time only the compiled base arms"
+    )
     parser.add_argument("--xl-batch", type=int, default=8)
     parser.add_argument("--preset", default="base")
     parser.add_argument("--device", default="cuda")
@@ -261,25 +294,30 @@ def main() -> None:
     mode = args.compile
     arms = [(False, False, None), (True, False, None), (False, True, None)]
     if mode:
+        arms = arms[2:] if args.skip_eager else arms
         arms += [(False, False, mode), (True, False, mode)]
+    elif args.skip_eager:
+        parser.error("--skip-eager needs --compile")
     for batch in batches:
         for cached, compiled, blocks in arms:
             if compiled and not args.compile_towers:
                 continue
-            r = measure(args.preset, batch, device, checkpointing=False, cached=cached,
-                        compile_towers=compiled, profile=args.profile, compile_mode=blocks,
-                        pad_to_multiple_of=args.pad_to_multiple_of)  # fmt: skip
             tag = "base_cached" if cached else "base_compiled_towers" if compiled else "base"
             if blocks:
                 tag += "_blocks_" + blocks.replace("-", "_")
             if batch != batches[0]:
                 tag += f"_b{batch}"
+            trace = Path(args.trace) / f"{tag}.json.gz" if args.trace else None
+            r = measure(args.preset, batch, device, checkpointing=False, cached=cached,
+                        compile_towers=compiled, profile=args.profile, compile_mode=blocks,
+                        pad_to_multiple_of=args.pad_to_multiple_of, trace=trace)  # fmt: skip
             for k, v in r.items():
                 metrics[f"{tag}_{k}"] = v
             what = "cached" if cached else "online, compiled towers" if compiled else "online"
             what += f", blocks compiled ({blocks})" if blocks else ""
             print(f"{args.preset} {what} batch {batch}: {r}", flush=True)
-    metrics["cache_speedup_eager"] = metrics["base_cached_samples_per_s"] / metrics["base_samples_per_s"]
+    if "base_samples_per_s" in metrics:
+        metrics["cache_speedup_eager"] = metrics["base_cached_samples_per_s"] / metrics["base_samples_per_s"]
     headline = [k for k in metrics if k.endswith("samples_per_s") and not re.search(r"_b\d+_", k)]
     online = max(metrics[k] for k in headline if "cached" not in k)
     cached_best = max(metrics[k] for k in headline if "cached" in k)
@@ -290,7 +328,8 @@ def main() -> None:
         )
     online_mfu = [v for k, v in metrics.items() if k.endswith("_mfu") and "cached" not in k]
     metrics["base_best_online_mfu"] = max(online_mfu)
-    metrics["base_mfu_eager"] = metrics["base_mfu"]
+    if "base_mfu" in metrics:
+        metrics["base_mfu_eager"] = metrics["base_mfu"]
     metrics["base_mfu"] = metrics["base_best_online_mfu"]
     if not args.skip_xl:
         r = measure("pixelllm-xl", args.xl_batch, device, checkpointing=True, cached=False)
