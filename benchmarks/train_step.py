@@ -265,7 +265,9 @@ def main() -> None:
         help="also time each base arm with its repeated blocks compiled in this torch.compile mode",
     )
     parser.add_argument("--profile", action="store_true", help="print each base step's top kernels")
-    parser.add_argument("--trace", help="write one step of each base arm as a Chrome trace (.json.gz) to this folder")
+    parser.add_argument(
+        "--trace", help="write one step of each base arm as a Chrome trace (.json.gz) to this folder"
+    )
     parser.add_argument(
         "--skip-eager", action="store_true", help="with --compile, time only the compiled base arms"
     )
