@@ -11,8 +11,10 @@ backward, AdamW) on random 1024² images with 500-token detection targets is tim
 * ``pixelllm-xl`` at batch 8 with gradient checkpointing: step time and peak memory;
 * with ``--compile MODE`` (``default``, ``reduce-overhead``, …), also each base arm with the
   model's repeated blocks compiled in place as ``train.compile: MODE`` does
-  (:mod:`pixtok.training.compilation`; FLOPs counted on the eager path); the headline MFU is the
-  best online arm's, the cache speed-up the best cached arm's over the best online arm's.
+  (:mod:`pixtok.training.compilation`; FLOPs counted on the eager path), and with
+  ``--compile-regions blocks,stacks`` also with every stack of blocks (a T5 stack, a tower's encoder)
+  compiled whole; the headline MFU is the best online arm's, the cache speed-up the best cached
+  arm's over the best online arm's.
 
 MFU counts what the step really computes: the FLOPs are measured by
 ``torch.utils.flop_counter.FlopCounterMode`` on one step (frozen weights get no weight gradients,
@@ -166,6 +168,7 @@ def measure(
     compile_mode: str | None = None,
     pad_to_multiple_of: int = 1,
     trace: Path | None = None,
+    regions: str = "blocks",
 ) -> dict:
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(preset)
@@ -179,9 +182,9 @@ def measure(
     compiling = compile_options(compile_mode) if compile_mode else None
     compile_s = 0.0
     if compiling is not None:
-        compile_repeated_blocks(model, **compiling)
+        compile_repeated_blocks(model, regions=regions, **compiling)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as the training loop's
     batch = make_batch(config, batch_size, device)
     if cached:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
@@ -264,6 +267,11 @@ def main() -> None:
         "--compile",
         help="also time each base arm with its repeated blocks compiled in this torch.compile mode",
     )
+    parser.add_argument(
+        "--compile-regions",
+        default="blocks",
+        help="with --compile: comma-separated regions to compile (blocks, stacks), one arm pair each",
+    )
     parser.add_argument("--profile", action="store_true", help="print each base step's top kernels")
     parser.add_argument(
         "--trace", help="write one step of each base arm as a Chrome trace (.json.gz) to this folder"
@@ -295,28 +303,30 @@ def main() -> None:
     batches = [int(b) for b in str(args.batches or args.batch).split(",")]
     mode = args.compile
     arms = [(False, False, None), (True, False, None), (False, True, None)]
+    regions = args.compile_regions.split(",")
     if mode:
         arms = arms[2:] if args.skip_eager else arms
-        arms += [(False, False, mode), (True, False, mode)]
+        arms += [(cached, False, (mode, r)) for r in regions for cached in (False, True)]
     elif args.skip_eager:
         parser.error("--skip-eager needs --compile")
     for batch in batches:
-        for cached, compiled, blocks in arms:
+        for cached, compiled, compiled_as in arms:
             if compiled and not args.compile_towers:
                 continue
             tag = "base_cached" if cached else "base_compiled_towers" if compiled else "base"
-            if blocks:
-                tag += "_blocks_" + blocks.replace("-", "_")
+            mode_name, region = compiled_as or (None, "blocks")
+            if compiled_as:
+                tag += f"_{region}_" + mode_name.replace("-", "_")
             if batch != batches[0]:
                 tag += f"_b{batch}"
             trace = Path(args.trace) / f"{tag}.json.gz" if args.trace else None
             r = measure(args.preset, batch, device, checkpointing=False, cached=cached,
-                        compile_towers=compiled, profile=args.profile, compile_mode=blocks,
-                        pad_to_multiple_of=args.pad_to_multiple_of, trace=trace)  # fmt: skip
+                        compile_towers=compiled, profile=args.profile, compile_mode=mode_name,
+                        pad_to_multiple_of=args.pad_to_multiple_of, trace=trace, regions=region)  # fmt: skip
             for k, v in r.items():
                 metrics[f"{tag}_{k}"] = v
             what = "cached" if cached else "online, compiled towers" if compiled else "online"
-            what += f", blocks compiled ({blocks})" if blocks else ""
+            what += f", {region} compiled ({mode_name})" if compiled_as else ""
             print(f"{args.preset} {what} batch {batch}: {r}", flush=True)
     if "base_samples_per_s" in metrics:
         metrics["cache_speedup_eager"] = metrics["base_cached_samples_per_s"] / metrics["base_samples_per_s"]

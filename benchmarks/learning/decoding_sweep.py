@@ -9,8 +9,8 @@ setting, so that decoding choices are compared on one set of weights in one proc
 * ``nucleus_renormalized``: the same with class scores renormalized over the real classes (pixtok's
   scoring until the tenth session: an object the model calls noise could rank high);
 * ``greedy`` / ``greedy_renormalized``: argmax decoding with either score;
-* ``greedy_window2`` … ``greedy_window16``: greedy, each box coordinate read between bins as its
-  softmax's mean over the 2, 4, 8 or 16 bins either side of the token
+* ``greedy_window2`` … ``greedy_window24``: greedy, each box coordinate read between bins as its
+  softmax's mean over the 2, 4, 8, 16 or 24 bins either side of the token
   (``GenerationOptions.coordinate_window``).
 
 ``--settings a,b`` scores only those settings.
@@ -46,16 +46,24 @@ from run import row_config, rows  # noqa: E402
 from timing import RESULTS_DIR, command_line, device_description, write_result  # noqa: E402
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "nucleus": {"do_sample": True, "top_p": 0.4, "rank_against_noise": True},
-    "nucleus_renormalized": {"do_sample": True, "top_p": 0.4, "rank_against_noise": False},
-    "greedy": {"do_sample": False, "rank_against_noise": True},
-    "greedy_renormalized": {"do_sample": False, "rank_against_noise": False},
+    "nucleus": {"do_sample": True, "top_p": 0.4, "rank_against_noise": True, "coordinate_window": 0},
+    "nucleus_renormalized": {
+        "do_sample": True,
+        "top_p": 0.4,
+        "rank_against_noise": False,
+        "coordinate_window": 0,
+    },
+    "greedy": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 0},
+    "greedy_renormalized": {"do_sample": False, "rank_against_noise": False, "coordinate_window": 0},
     # boxes read between bins: each coordinate's softmax mean over the 2w + 1 bins around its token
-    "greedy_window2": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 2},
-    "greedy_window4": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 4},
-    "greedy_window8": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 8},
-    "greedy_window16": {"do_sample": False, "rank_against_noise": True, "coordinate_window": 16},
+    **{
+        f"greedy_window{w}": {"do_sample": False, "rank_against_noise": True, "coordinate_window": w}
+        for w in (2, 4, 8, 16, 24)
+    },
 }
+"""Each setting names every decoding option the rows' configs set (``coordinate_window`` included),
+so that a row's own ``generate`` option never leaks into it (the fifteenth session's sweep file
+read its "greedy" with the row's window 8)."""
 KEYS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "AR100": "AR@100", "APs": "APs", "APm": "APm"}
 
 

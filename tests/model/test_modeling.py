@@ -376,3 +376,36 @@ def test_proposal_assignment_keeps_edge_boxes_in_the_grid_in_bf16():
         cells = sorted(torch.nonzero(positive[0]).flatten().tolist())
         assert cells == [0, 8 * grid + grid - 1, grid * grid - 1], dtype
         assert targets.shape == (1, grid * grid, 4)
+
+
+@pytest.mark.parametrize("lora_r", [4, 0])
+def test_decoder_logits_are_t5s_head_with_the_added_rows(lora_r: int) -> None:
+    """``decode`` runs the T5 decoder stack and one LM-head product over the head weight with the
+    added rows' deltas folded in; it must give what T5's own forward gives, plus ``state @ delta``
+    on the added ids (and exactly T5's logits when the whole T5 trains)."""
+    model = tiny_model(lora_r=lora_r).eval()
+    config = model.config
+    inputs = {**images(config), "input_ids": torch.tensor([[config.vocab.task_id("detection"), 9]] * 2)}
+    decoder_ids = torch.tensor([[0, config.vocab.coord_offset + 3, config.vocab.coord_offset + 700]] * 2)
+    added = model.model.added_tokens
+    if added is not None:
+        torch.nn.init.normal_(added.head_delta, std=0.5)
+    with torch.no_grad():
+        encoder_outputs, mask, _, _ = model.model.encode(**images(config), input_ids=inputs["input_ids"])
+        logits, states, _ = model.model.decode(encoder_outputs, mask, decoder_ids)
+        reference = model.model.text_model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=mask,
+            decoder_inputs_embeds=model.model.decoder_inputs(decoder_ids, 0),
+            output_hidden_states=True,
+        )
+    torch.testing.assert_close(states, reference.decoder_hidden_states[-1])
+    expected = reference.logits.clone()
+    if added is not None:
+        from pixtok.model.lora import lm_head_input_scale
+
+        base = config.base_vocab_size
+        scale = lm_head_input_scale(config.text_config)
+        expected[..., base:] += (states * scale) @ added.head_delta.T
+        assert not torch.allclose(logits, reference.logits)
+    torch.testing.assert_close(logits, expected)

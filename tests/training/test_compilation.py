@@ -13,6 +13,7 @@ import torch
 from pixtok.model.configuration_pixtok import PixtokConfig
 from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
 from pixtok.training.compilation import (
+    block_stacks,
     compile_options,
     compile_repeated_blocks,
     eager,
@@ -81,6 +82,41 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients_with_unchanged_names(
     with eager():  # what evaluation uses: the compiled blocks' original forward
         again = compiled(**batch).loss
     torch.testing.assert_close(again, losses[0], rtol=1e-5, atol=1e-6)
+
+
+def test_block_stacks_are_the_modules_holding_the_block_lists(model):
+    stacks = block_stacks(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    listed = [names[id(s)] for s in stacks]
+    assert "model.text_model.encoder" in listed and "model.text_model.decoder" in listed
+    assert "model.towers.sam.vision_encoder" in listed
+    # every repeated block is inside exactly one stack, and no stack inside another
+    for block in repeated_blocks(model):
+        assert sum(any(m is block for m in s.modules()) for s in stacks) == 1
+    inner = {id(m) for s in stacks for m in list(s.modules())[1:]}
+    assert not inner & {id(s) for s in stacks} and all(s is not model for s in stacks)
+
+
+def test_compiled_stacks_give_the_eager_loss_and_gradients(model):
+    eager_model = copy.deepcopy(model)
+    compiled = copy.deepcopy(model)
+    count = compile_repeated_blocks(compiled, regions="stacks", backend="aot_eager")
+    assert count == len(block_stacks(compiled)) + 1  # the stacks and the LM loss
+    assert compiled.model.text_model.encoder._compiled_call_impl is not None
+    assert compiled.model.text_model.encoder.block[0]._compiled_call_impl is None
+    batch = _batch(model.config)
+    losses = []
+    for m in (eager_model, compiled):
+        m.zero_grad()
+        loss = m(**batch).loss
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, a), (_, b) in zip(eager_model.named_parameters(), compiled.named_parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="regions"):
+        compile_repeated_blocks(copy.deepcopy(model), regions="layers")
 
 
 @pytest.mark.parametrize("value", [3, "", ["inductor"]])

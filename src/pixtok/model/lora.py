@@ -107,8 +107,8 @@ class AddedTokenRows(nn.Module):
     """Trainable deltas for the embedding and LM-head rows of the tokens pixtok appends.
 
     The frozen T5 holds all ``vocab_size`` rows; ids ``>= base_vocab_size`` get
-    ``embedding_delta[id - base_vocab_size]`` added to their embedding and the logits of those ids
-    get ``scaled_state @ head_delta.T`` added. Both deltas start at zero.
+    ``embedding_delta[id - base_vocab_size]`` added to their embedding and ``head_delta[…]`` added to
+    their LM-head row (:meth:`head_weight`, :meth:`head_rows`). Both deltas start at zero.
 
     Args:
         base_vocab_size: first id pixtok adds.
@@ -137,12 +137,12 @@ class AddedTokenRows(nn.Module):
         delta = self.head_delta.to(rows.dtype)[offset.clamp(min=0)]
         return rows + delta * (offset >= 0).unsqueeze(-1).to(rows.dtype)
 
-    def logits(self, scaled_states: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) LM-head inputs and their (B, T, V) logits -> logits with the added rows' deltas."""
-        extra = scaled_states @ self.head_delta.to(scaled_states.dtype).T
-        return torch.cat(
-            [logits[..., : self.base_vocab_size], logits[..., self.base_vocab_size :] + extra], dim=-1
-        )
+    def head_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The (V, D) LM-head weight with the added rows' deltas added: one matrix, so that the
+        logits are one matrix product (adding the deltas' logits to the base head's afterwards would
+        write, and copy, the whole (B, T, V) logits twice)."""
+        base = self.base_vocab_size
+        return torch.cat([weight[:base], weight[base:] + self.head_delta.to(weight.dtype)])
 
 
 __all__ = [

@@ -502,21 +502,27 @@ class PixtokModel(PixtokPreTrainedModel):
         """
         start = 0 if past_key_values is None else past_key_values.get_seq_length()
         embeds = self.decoder_inputs(decoder_input_ids, start, check=past_key_values is None)
-        out = self.text_model(
-            encoder_outputs=encoder_outputs,
-            attention_mask=encoder_attention_mask,
-            decoder_inputs_embeds=embeds.to(encoder_outputs.last_hidden_state.dtype),
+        memory = encoder_outputs.last_hidden_state
+        out = self.text_model.get_decoder()(
+            inputs_embeds=embeds.to(memory.dtype),
+            encoder_hidden_states=memory,
+            encoder_attention_mask=encoder_attention_mask,
             past_key_values=past_key_values,
             use_cache=use_cache,
-            output_hidden_states=True,
             return_dict=True,
         )
-        states = out.decoder_hidden_states[-1]
-        logits = out.logits
-        if self.added_tokens is not None:
-            scale = lm_head_input_scale(self.config.text_config)
-            logits = self.added_tokens.logits(states * scale, logits)
-        return logits, states, out.past_key_values
+        states = out.last_hidden_state
+        return self.lm_logits(states), states, out.past_key_values
+
+    def lm_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """(..., d_model) last decoder states → (..., V) logits: T5's LM head (its input scaled as
+        T5 scales it), with the added tokens' row deltas when the T5 is frozen, in one product."""
+        head = self.text_model.get_output_embeddings()
+        scale = lm_head_input_scale(self.config.text_config)
+        inputs = states * scale if scale != 1.0 else states
+        if self.added_tokens is None:
+            return head(inputs)
+        return nn.functional.linear(inputs, self.added_tokens.head_weight(head.weight))
 
     def token_logits(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The logits :meth:`decode` gives the token ids ``ids`` (K,), from its decoder states

@@ -50,22 +50,43 @@ def step_begin(options: dict[str, str]) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
+def _block_lists(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.ModuleList]]:
+    """``(owner, list)`` for every ``ModuleList`` of ≥ 2 modules that are all of one class and have
+    submodules of their own (layers, not a list of ``Linear``), outermost first (a list inside a block
+    of a list already found is left out); ``owner`` is the module holding the list."""
+    found: list[tuple[torch.nn.Module, torch.nn.ModuleList]] = []
+    inside: set[int] = set()
+    for owner in model.modules():
+        for module in owner.children():
+            if id(module) in inside or not isinstance(module, torch.nn.ModuleList) or len(module) < 2:
+                continue
+            kinds = {type(child) for child in module}
+            if len(kinds) != 1 or not any(True for _ in module[0].children()):
+                continue
+            found.append((owner, module))
+            inside.update(id(m) for child in module for m in child.modules())
+    return found
+
+
 def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The children of every ``ModuleList`` of ≥ 2 modules that are all of one class and have
     submodules of their own (layers, not a list of ``Linear``), outermost first (a block inside a
     block already listed is not listed again)."""
-    found: list[torch.nn.Module] = []
+    return [child for _, blocks in _block_lists(model) for child in blocks]
+
+
+def block_stacks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that hold the :func:`repeated_blocks` lists (a T5 stack, a tower's encoder), each
+    once, outermost first, ``model`` itself left out: compiled whole, a stack's forward is one graph
+    (with ``reduce-overhead`` one CUDA graph) instead of one per block."""
+    stacks: list[torch.nn.Module] = []
     inside: set[int] = set()
-    for module in model.modules():
-        if id(module) in inside or not isinstance(module, torch.nn.ModuleList) or len(module) < 2:
+    for owner, _ in _block_lists(model):
+        if owner is model or id(owner) in inside:
             continue
-        kinds = {type(child) for child in module}
-        if len(kinds) != 1 or not any(True for _ in module[0].children()):
-            continue
-        for child in module:
-            found.append(child)
-            inside.update(id(m) for m in child.modules())
-    return found
+        stacks.append(owner)
+        inside.update(id(m) for m in owner.modules())
+    return stacks
 
 
 def standalone_regions(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -84,15 +105,25 @@ def _without_graphs(compile_kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def compile_repeated_blocks(model: torch.nn.Module, **compile_kwargs: Any) -> int:
-    """``torch.compile`` every repeated block of ``model`` in place, and every
-    :func:`standalone_regions` module without CUDA graphs; returns how many modules were compiled.
+REGIONS = ("blocks", "stacks")
+"""What :func:`compile_repeated_blocks` compiles as one region: each repeated block, or each stack."""
+
+
+def compile_repeated_blocks(model: torch.nn.Module, regions: str = "blocks", **compile_kwargs: Any) -> int:
+    """``torch.compile`` every repeated block of ``model`` in place (``regions="stacks"``: every module
+    holding a list of them, :func:`block_stacks`, whole), and every :func:`standalone_regions` module
+    without CUDA graphs; returns how many modules were compiled.
 
     Blocks of one class share their compiled code (one compile per distinct graph: e.g. T5's first
     layer, which owns the relative-position bias, and the rest). The dynamo cache is widened so that
-    every block kind keeps its compiled code across the batches' varying sequence lengths.
+    every block kind keeps its compiled code across the batches' varying sequence lengths. Stacks
+    compile once each (longer: every block is traced), and a stack's step is one graph, with
+    ``reduce-overhead`` one CUDA-graph replay, instead of one per block: what a host-bound step
+    (small blocks, short sequences) needs.
     """
-    blocks = repeated_blocks(model)
+    if regions not in REGIONS:
+        raise ValueError(f"regions must be one of {REGIONS}, got {regions!r}")
+    blocks = repeated_blocks(model) if regions == "blocks" else block_stacks(model)
     alone = [m for m in standalone_regions(model) if not any(m is b for b in blocks)]
     if not blocks and not alone:
         return 0
@@ -122,6 +153,8 @@ def eager() -> Iterator[None]:
 
 __all__ = [
     "MODES",
+    "REGIONS",
+    "block_stacks",
     "compile_options",
     "compile_repeated_blocks",
     "eager",
