@@ -205,3 +205,37 @@ def test_padding_ids_are_rejected_as_input(greedy_padding) -> None:
     batch["input_ids"][0, -1] = model.config.text_config.vocab_size - 1  # a padding row
     with pytest.raises(ValueError, match=rf"token ids must be in \[0, {model.config.vocab.size}\)"):
         model(**batch)
+
+
+@pytest.mark.parametrize("weight_trains", [False, True])
+def test_added_rows_head_gradients_are_plain_autograds(weight_trains: bool) -> None:
+    """The LM head with added-row deltas (one product, a backward that skips the frozen weight's
+    gradient) gives plain autograd's logits and gradients, in float32 and under bf16 autocast."""
+    from pixtok.model.lora import AddedTokenRows
+
+    torch.manual_seed(0)
+    rows = AddedTokenRows(base_vocab_size=7, vocab_size=12, hidden_size=4)
+    torch.nn.init.normal_(rows.head_delta)
+    weight = torch.randn(12, 4, requires_grad=weight_trains)
+    inputs = torch.randn(2, 3, 4, requires_grad=True)
+    upstream = torch.randn(2, 3, 12)
+    for autocast in (False, True):
+        grads = []
+        for fused in (True, False):
+            for t in (inputs, weight, rows.head_delta):
+                t.grad = None
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                if fused:
+                    logits = rows.logits(inputs, weight)
+                else:
+                    full = torch.cat([weight[:7], weight[7:] + rows.head_delta])
+                    logits = torch.nn.functional.linear(inputs, full)
+            (logits.float() * upstream).sum().backward()
+            grads.append((logits.float(), inputs.grad, weight.grad, rows.head_delta.grad))
+        tol = {"rtol": 2e-2, "atol": 2e-2} if autocast else {}
+        for got, want in zip(*grads):
+            if want is None:
+                assert got is None
+            else:
+                torch.testing.assert_close(got, want, **tol)
+        assert grads[0][1].dtype == inputs.dtype and grads[0][3].dtype == rows.head_delta.dtype

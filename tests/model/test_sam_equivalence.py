@@ -211,3 +211,28 @@ def test_fused_rel_pos_attention_matches_the_bias_tensor_form(window):
     assert set(encoder.vision_encoder.state_dict()) == set(SamVisionEncoder(config).state_dict())
     plain = SamImageEncoder(config, fused_rel_pos=False)
     assert not any(isinstance(layer.attn, SamRelPosAttention) for layer in plain.vision_encoder.layers)
+
+
+def test_image_pe_is_kept_while_the_table_is_frozen_and_follows_its_writes() -> None:
+    """The grid encoding is computed once while the table does not train, and recomputed when the
+    table is written in place (``load_state_dict``) or when it trains."""
+    from pixtok.model.configuration_pixtok import PixtokConfig
+    from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration
+
+    torch.manual_seed(0)
+    encoder = PixtokForConditionalGeneration(PixtokConfig.from_preset("tiny")).model.prompt_encoder
+    table = encoder.prompt_encoder.shared_embedding.positional_embedding
+    table.requires_grad_(False)
+    first = encoder.image_pe()
+    assert encoder.image_pe() is first  # kept
+    torch.testing.assert_close(first, encoder._grid_encoding(table))
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    key = next(k for k in state if k.endswith("shared_embedding.positional_embedding"))
+    state[key] = state[key] * 2
+    encoder.load_state_dict(state)
+    again = encoder.image_pe()
+    assert not torch.allclose(again, first)
+    torch.testing.assert_close(again, encoder._grid_encoding(table))
+    table.requires_grad_(True)  # a trained table: a fresh encoding with its graph every call
+    trained = encoder.image_pe()
+    assert trained.requires_grad and trained is not encoder.image_pe()

@@ -108,7 +108,7 @@ class AddedTokenRows(nn.Module):
 
     The frozen T5 holds all ``vocab_size`` rows; ids ``>= base_vocab_size`` get
     ``embedding_delta[id - base_vocab_size]`` added to their embedding and ``head_delta[…]`` added to
-    their LM-head row (:meth:`head_weight`, :meth:`head_rows`). Both deltas start at zero.
+    their LM-head row (:meth:`logits`, :meth:`head_rows`). Both deltas start at zero.
 
     Args:
         base_vocab_size: first id pixtok adds.
@@ -137,12 +137,50 @@ class AddedTokenRows(nn.Module):
         delta = self.head_delta.to(rows.dtype)[offset.clamp(min=0)]
         return rows + delta * (offset >= 0).unsqueeze(-1).to(rows.dtype)
 
-    def head_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """The (V, D) LM-head weight with the added rows' deltas added: one matrix, so that the
-        logits are one matrix product (adding the deltas' logits to the base head's afterwards would
-        write, and copy, the whole (B, T, V) logits twice)."""
-        base = self.base_vocab_size
-        return torch.cat([weight[:base], weight[base:] + self.head_delta.to(weight.dtype)])
+    def logits(self, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(..., D) LM-head inputs and the T5's (V, D) head weight → (..., V) logits of the head with
+        the added rows' deltas, as one matrix product (:class:`_AddedRowsHead`)."""
+        return _AddedRowsHead.apply(inputs, weight, self.head_delta, self.base_vocab_size)
+
+
+class _AddedRowsHead(torch.autograd.Function):
+    """``inputs @ W'.T`` with ``W' = weight`` plus ``delta`` on the rows from ``base`` on.
+
+    One product over the whole vocabulary (adding the deltas' logits to the base head's afterwards
+    writes, and copies, the (B, T, V) logits twice over), and a backward that computes only the
+    gradients that exist: the inputs', the deltas' (``grad[..., base:].T @ inputs``, a few thousand
+    rows) and the base weight's only when it trains — plain autograd of ``inputs @ W'.T`` would
+    compute the whole (V, D) weight gradient to keep its last rows. Under autocast the product runs
+    in the autocast dtype, as ``F.linear`` would.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, weight, delta, base):  # noqa: ANN001, ANN205 (autograd.Function)
+        device = inputs.device.type
+        autocast = torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if autocast else inputs.dtype
+        full = torch.cat([weight[:base], weight[base:] + delta.to(weight.dtype)]).to(dtype)
+        x = inputs.to(dtype)
+        ctx.save_for_backward(x, full)
+        ctx.base = base
+        ctx.dtypes = (inputs.dtype, weight.dtype, delta.dtype)
+        with torch.autocast(device, enabled=False):
+            return x @ full.T
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, full = ctx.saved_tensors
+        grad = grad.to(full.dtype)
+        grad_inputs = grad_weight = grad_delta = None
+        if ctx.needs_input_grad[0]:
+            grad_inputs = (grad @ full).to(ctx.dtypes[0])
+        flat_x = x.reshape(-1, x.shape[-1])
+        flat_grad = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_weight = (flat_grad.T @ flat_x).to(ctx.dtypes[1])
+        if ctx.needs_input_grad[2]:
+            grad_delta = (flat_grad[:, ctx.base :].T @ flat_x).to(ctx.dtypes[2])
+        return grad_inputs, grad_weight, grad_delta, None
 
 
 __all__ = [

@@ -374,13 +374,10 @@ class PixtokModel(PixtokPreTrainedModel):
             raise ValueError(
                 f"prompt_coords must have shape (batch, 2, 2) xy in model space, got {tuple(prompt_coords.shape)}"
             )
-        real = prompt_labels != -1
-        values = prompt_coords[real]
-        if values.numel() and (
-            not torch.isfinite(values).all()
-            or values.min() < -_COORD_TOLERANCE
-            or values.max() > 1 + _COORD_TOLERANCE
-        ):
+        # one device-to-host read (each Python test of a GPU tensor waits for the GPU)
+        inside = (prompt_coords >= -_COORD_TOLERANCE) & (prompt_coords <= 1 + _COORD_TOLERANCE)
+        if not bool((inside | (prompt_labels == -1).unsqueeze(-1)).all().item()):
+            values = prompt_coords[prompt_labels != -1]
             raise ValueError(
                 "prompt_coords must lie in model space [0, 1] (pixels / max(h, w) of the original image); "
                 f"got values in [{values.min().item():.4g}, {values.max().item():.4g}] — is the prompt box "
@@ -522,7 +519,7 @@ class PixtokModel(PixtokPreTrainedModel):
         inputs = states * scale if scale != 1.0 else states
         if self.added_tokens is None:
             return head(inputs)
-        return nn.functional.linear(inputs, self.added_tokens.head_weight(head.weight))
+        return self.added_tokens.logits(inputs, head.weight)
 
     def token_logits(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The logits :meth:`decode` gives the token ids ``ids`` (K,), from its decoder states

@@ -279,12 +279,15 @@ class SamPromptEncoder(nn.Module):
             )
         if labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"prompt labels must be an integer tensor, got {labels.dtype}")
-        if labels.numel() and (labels.min() < -1 or labels.max() > 3):
-            raise ValueError(
-                f"prompt labels must be in {{-1, 0, 1, 2, 3}} ({PROMPT_LABELS}), got {labels.unique().tolist()}"
-            )
-        used = coords[labels != -1]
-        if used.numel() and (used.min() < -_COORD_SLACK or used.max() > 1 + _COORD_SLACK):
+        # both checks in one device-to-host read (each Python test of a GPU tensor waits for the GPU)
+        known = (labels >= -1) & (labels <= 3)
+        inside = (coords >= -_COORD_SLACK) & (coords <= 1 + _COORD_SLACK)
+        if not bool((known.all() & (inside | (labels == -1).unsqueeze(-1)).all()).item()):
+            if not bool(known.all()):
+                raise ValueError(
+                    f"prompt labels must be in {{-1, 0, 1, 2, 3}} ({PROMPT_LABELS}), got {labels.unique().tolist()}"
+                )
+            used = coords[labels != -1]
             raise ValueError(
                 "prompt coords must be normalized to the padded square input, xy in [0, 1]; got values in "
                 f"[{used.min().item():.4g}, {used.max().item():.4g}] (a point or box outside the image?)"
@@ -313,10 +316,24 @@ class SamPromptEncoder(nn.Module):
     def image_pe(self) -> Tensor:
         """Dense positional encoding of the image embedding grid.
 
+        A function of the shared table alone: while the table does not train it is computed once and
+        kept (recomputed when the table is replaced, moved or written in place, e.g. by
+        ``load_state_dict``) — some thirty small kernels less in every step.
+
         Returns:
             (1, C, g, g): the shared encoding evaluated at the centre of every grid cell.
         """
         table = self.prompt_encoder.shared_embedding.positional_embedding
+        if table.requires_grad and torch.is_grad_enabled():
+            return self._grid_encoding(table)
+        key = (table.data_ptr(), table._version, table.device, table.dtype, self.grid_size)
+        cached = getattr(self, "_image_pe_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self._grid_encoding(table).detach())
+            self._image_pe_cache = cached
+        return cached[1]
+
+    def _grid_encoding(self, table: Tensor) -> Tensor:
         g = self.grid_size
         centres = (torch.arange(g, device=table.device, dtype=torch.float32) + 0.5) / g
         y, x = torch.meshgrid(centres, centres, indexing="ij")
