@@ -46,6 +46,22 @@ def _batch(config, batch=2):
     }
 
 
+def _same_step(eager_model, compiled, batch) -> torch.Tensor:
+    """Assert one forward + backward of ``compiled`` gives ``eager_model``'s loss and gradients;
+    returns the eager loss."""
+    losses = []
+    for m in (eager_model, compiled):
+        m.zero_grad()
+        loss = m(**batch).loss
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, a), (_, b) in zip(eager_model.named_parameters(), compiled.named_parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    return losses[0]
+
+
 def test_repeated_blocks_are_the_layers_not_lists_of_linears(model):
     kinds = Counter(type(b).__name__ for b in repeated_blocks(model))
     config = model.config
@@ -69,19 +85,10 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients_with_unchanged_names(
     assert compiled.lm_loss._compiled_call_impl is not None
     assert list(compiled.state_dict()) == names  # in place: checkpoints and save_pretrained unchanged
     batch = _batch(model.config)
-    losses = []
-    for m in (eager_model, compiled):
-        m.zero_grad()
-        loss = m(**batch).loss
-        loss.backward()
-        losses.append(loss.detach())
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    for (name, a), (_, b) in zip(eager_model.named_parameters(), compiled.named_parameters()):
-        if a.grad is not None:
-            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    loss = _same_step(eager_model, compiled, batch)
     with eager():  # what evaluation uses: the compiled blocks' original forward
         again = compiled(**batch).loss
-    torch.testing.assert_close(again, losses[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again, loss, rtol=1e-5, atol=1e-6)
 
 
 def test_block_stacks_are_the_modules_holding_the_block_lists(model):
@@ -104,17 +111,7 @@ def test_compiled_stacks_give_the_eager_loss_and_gradients(model):
     assert count == len(block_stacks(compiled)) + 1  # the stacks and the LM loss
     assert compiled.model.text_model.encoder._compiled_call_impl is not None
     assert compiled.model.text_model.encoder.block[0]._compiled_call_impl is None
-    batch = _batch(model.config)
-    losses = []
-    for m in (eager_model, compiled):
-        m.zero_grad()
-        loss = m(**batch).loss
-        loss.backward()
-        losses.append(loss.detach())
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    for (name, a), (_, b) in zip(eager_model.named_parameters(), compiled.named_parameters()):
-        if a.grad is not None:
-            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    _same_step(eager_model, compiled, _batch(model.config))
     with pytest.raises(ValueError, match="regions"):
         compile_repeated_blocks(copy.deepcopy(model), regions="layers")
 

@@ -64,7 +64,7 @@ def _block_lists(model: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn
             if len(kinds) != 1 or not any(True for _ in module[0].children()):
                 continue
             found.append((owner, module))
-            inside.update(id(m) for child in module for m in child.modules())
+            inside.update(id(m) for m in module.modules())  # the list itself too: held twice, found once
     return found
 
 
@@ -117,9 +117,10 @@ def compile_repeated_blocks(model: torch.nn.Module, regions: str = "blocks", **c
     Blocks of one class share their compiled code (one compile per distinct graph: e.g. T5's first
     layer, which owns the relative-position bias, and the rest). The dynamo cache is widened so that
     every block kind keeps its compiled code across the batches' varying sequence lengths. Stacks
-    compile once each (longer: every block is traced), and a stack's step is one graph, with
-    ``reduce-overhead`` one CUDA-graph replay, instead of one per block: what a host-bound step
-    (small blocks, short sequences) needs.
+    compile once each (longer: every block is traced) and run as one graph (with ``reduce-overhead``
+    one CUDA-graph replay) instead of one per block; on the ``base`` training step that was no
+    faster: a whole stack's guard checks and replay cost the host as much as its blocks' did
+    (``benchmarks/RESULTS.md``).
     """
     if regions not in REGIONS:
         raise ValueError(f"regions must be one of {REGIONS}, got {regions!r}")
