@@ -454,12 +454,14 @@ class PixtokModel(PixtokPreTrainedModel):
             features = self.encode_images(pixel_values, eva_pixel_values)
         batch, device = features.fused.shape[0], features.fused.device
         if prompt_coords is None:
+            # built inside [0, 1]; the prompt encoder still checks it, as it checks every prompt
             prompt_coords, prompt_labels = self.default_prompt(batch, image_sizes, device)
         elif prompt_labels is None:
             raise ValueError("prompt_coords was given without prompt_labels (box: (2, 3); point: (1, -1))")
-        if prompt_coords.shape[0] != batch:
-            raise ValueError(f"prompt_coords holds {prompt_coords.shape[0]} prompts for {batch} images")
-        self.check_prompt(prompt_coords, prompt_labels)
+        else:
+            if prompt_coords.shape[0] != batch:
+                raise ValueError(f"prompt_coords holds {prompt_coords.shape[0]} prompts for {batch} images")
+            self.check_prompt(prompt_coords, prompt_labels)
         sparse, dense = self.prompt_encoder(prompt_coords.to(device), prompt_labels.to(device))
         image_pe = self.prompt_encoder.image_pe()
         prefix = self.extractor(features.fused, image_pe, sparse, dense)

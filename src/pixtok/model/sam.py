@@ -234,6 +234,7 @@ class SamPromptEncoder(nn.Module):
             vision_config=vision_config.to_dict(), prompt_encoder_config=prompt_config.to_dict()
         )
         self.prompt_encoder = _HFSamPromptEncoder(sam_config)
+        self._image_pe_cache: tuple[tuple, Tensor] | None = None  # (table's identity, encoding)
 
     @property
     def image_size(self) -> int:
@@ -327,7 +328,7 @@ class SamPromptEncoder(nn.Module):
         if table.requires_grad and torch.is_grad_enabled():
             return self._grid_encoding(table)
         key = (table.data_ptr(), table._version, table.device, table.dtype, self.grid_size)
-        cached = getattr(self, "_image_pe_cache", None)
+        cached = self._image_pe_cache
         if cached is None or cached[0] != key:
             cached = (key, self._grid_encoding(table).detach())
             self._image_pe_cache = cached
