@@ -196,7 +196,8 @@ def save_compile_cache(path: Path) -> None:
         print("compile cache: nothing to save", flush=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # one temporary name per process: rows run side by side (gpu_rows.sh) may share the path
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(gzip.compress(saved[0], compresslevel=6))
     os.replace(tmp, path)
     print(f"compile cache: saved {path} ({path.stat().st_size / 2**20:.1f} MiB)", flush=True)
