@@ -45,7 +45,11 @@ def test_augmentation_variants_reach_the_task():
     recipe = run.row_config("referring_no_crop")
     task = build_task("referring", **recipe.tasks["referring"])
     assert task.augmentation == {"scale_range": (0.6, 1.0)}
-    assert build_task("referring", **run.row_config("referring").tasks["referring"]).augmentation == {}
+    row = build_task("referring", **run.row_config("referring").tasks["referring"])
+    assert row.augmentation == {"scale_range": (1.0, 1.0)}  # the row: no large-scale jitter
+    assert build_task("referring", **run.row_config("referring_jitter").tasks["referring"]).augmentation == {
+        "scale_range": (0.3, 2.0)
+    }
 
 
 def test_variant_rows_are_their_file_with_overrides():
