@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,7 @@ def main() -> None:
                 f"[sam_attention] best narrow-value form {best}: {metrics[best.replace('_fwd_ms', '_fwd_speedup')]}x",
                 flush=True,
             )
-    write_result(args.out, "sam_attention", device_description(device), command_line(), metrics)
+    write_result(Path(args.out), "sam_attention", device_description(device), command_line(), metrics)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,9 @@ def test_time_limit_counts_the_resumed_runs_earlier_training(tmp_path):
     assert resumed["train_seconds"] >= 3600.0
     _, fresh = _run(tmp_path, "b", 12, **{"train.time_limit_minutes": 30})
     assert not fresh["stopped_by_time_limit"] and fresh["step"] == 12
+    # the stopped run, resumed under a longer limit, completes its schedule and says so
+    _, finished = _run(tmp_path, "a", 12, resume=str(tmp_path / "a"), **{"train.time_limit_minutes": 120})
+    assert finished["step"] == 12 and not finished["stopped_by_time_limit"]
 
 
 def test_nan_loss_skips_step_and_is_counted(tmp_path):

@@ -305,6 +305,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 f"average; resume it with train.ema_decay {'set' if state.get('ema') else 'null'}"
             )
         start_step = int(state["step"])
+        # the flag tells how the segment that wrote the checkpoint ended; this run reports its own
+        state.pop("stopped_by_time_limit", None)
         if start_step >= cfg.max_steps:
             raise ConfigError(f"checkpoint {checkpoint} is at step {start_step} >= max_steps {cfg.max_steps}")
 
