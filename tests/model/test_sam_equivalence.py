@@ -186,10 +186,12 @@ def test_eva02_matches_timm_eva_from_same_kwargs(tmp_path):
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("narrow_value", [False, True])
 @pytest.mark.parametrize("window", [0, 3])
-def test_fused_rel_pos_attention_matches_the_bias_tensor_form(window):
+def test_fused_rel_pos_attention_matches_the_bias_tensor_form(window, narrow_value):
     """SamRelPosAttention (relative-position terms as extra query/key columns) computes the same
-    attention as transformers' SamVisionAttention (an explicit (B, heads, N, N) bias)."""
+    attention as transformers' SamVisionAttention (an explicit (B, heads, N, N) bias), with the
+    value padded to the widened width or left at its own."""
     from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionEncoder
 
     from pixtok.model.sam import SamRelPosAttention
@@ -202,6 +204,7 @@ def test_fused_rel_pos_attention_matches_the_bias_tensor_form(window):
         reference.rel_pos_w.normal_()
     fused = SamRelPosAttention(config, window)
     fused.load_state_dict(reference.state_dict())
+    fused.narrow_value = narrow_value
     side = 3 if window else 8
     x = torch.randn(2, side, side, 64)
     torch.testing.assert_close(fused(x)[0], reference(x)[0], atol=2e-6, rtol=2e-6)
@@ -211,6 +214,10 @@ def test_fused_rel_pos_attention_matches_the_bias_tensor_form(window):
     assert set(encoder.vision_encoder.state_dict()) == set(SamVisionEncoder(config).state_dict())
     plain = SamImageEncoder(config, fused_rel_pos=False)
     assert not any(isinstance(layer.attn, SamRelPosAttention) for layer in plain.vision_encoder.layers)
+    # the encoder's switch reaches every layer, and only its own
+    narrow = SamImageEncoder(config, narrow_value=True)
+    assert all(layer.attn.narrow_value for layer in narrow.vision_encoder.layers)
+    assert not any(layer.attn.narrow_value for layer in encoder.vision_encoder.layers)
 
 
 def test_image_pe_is_kept_while_the_table_is_frozen_and_follows_its_writes() -> None:

@@ -94,6 +94,14 @@ class SamRelPosAttention(SamVisionAttention):
     the stock result without any N x N tensor. Same parameters and names as the stock module.
     """
 
+    narrow_value: bool = False
+    """Pass the value at its own width instead of zero-padded to the widened query's: the same result
+    with a third of the value-side work (at SAM-B's global layers the query/key width is 192, the
+    value's 64). SDPA's flash kernel refuses unequal widths; cuDNN's and the memory-efficient one
+    take them. Off by default: on one global layer's forward it measured 1.27x faster
+    (``benchmarks/sam_attention.py``, one H100), but neither the backward nor the compiled tower has
+    been timed with it yet (``benchmarks/towers.py`` times both forms of the tower in one run)."""
+
     def forward(self, hidden_states: Tensor, output_attentions: bool = False) -> tuple[Tensor, None]:
         batch, height, width, _ = hidden_states.shape
         heads, n = self.num_attention_heads, height * width
@@ -122,8 +130,11 @@ class SamRelPosAttention(SamVisionAttention):
                 [query * self.scale, terms_h, terms_w, query.new_zeros(batch, heads, n, pad)], -1
             )
             k_aug = torch.cat([key, one_hot.expand(batch, heads, n, -1)], -1)
-            v_aug = F.pad(value, (0, height + width + pad))
-            out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., :dim]
+            if self.narrow_value:
+                out = F.scaled_dot_product_attention(q_aug, k_aug, value, scale=1.0)
+            else:
+                v_aug = F.pad(value, (0, height + width + pad))
+                out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., :dim]
         out = (
             out.reshape(batch, heads, height, width, dim)
             .permute(0, 2, 3, 1, 4)
@@ -145,9 +156,12 @@ class SamImageEncoder(nn.Module):
     Args:
         config: the SAM vision config (``image_size`` S, ``patch_size`` p, ``output_channels`` C).
         fused_rel_pos: use :class:`SamRelPosAttention` (same parameters; benchmarks compare both).
+        narrow_value: with ``fused_rel_pos``, its layers' :attr:`SamRelPosAttention.narrow_value`.
     """
 
-    def __init__(self, config: SamVisionConfig, fused_rel_pos: bool = True) -> None:
+    def __init__(
+        self, config: SamVisionConfig, fused_rel_pos: bool = True, narrow_value: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
         self.vision_encoder = SamVisionEncoder(config)
@@ -156,6 +170,7 @@ class SamImageEncoder(nn.Module):
                 # same parameters, another forward: re-class in place (building a new module would
                 # draw from the random generator and change every later parameter's initialization)
                 layer.attn.__class__ = SamRelPosAttention
+                layer.attn.narrow_value = narrow_value
 
     @property
     def image_size(self) -> int:
