@@ -6,7 +6,8 @@ Baselines are the stock modules — transformers' ``SamVisionModel`` with SDPA a
 for EVA02 also with the q/k/v projections fused into one matrix (``qkv_fused=True``), and that fused
 tower with its SwiGLU hidden width zero-padded from 2730 to 2736 (``pad_mlp_hidden``: aligned bf16
 GEMMs, same output) under ``torch.compile``; for SAM also, compiled, transformers' attention with its
-bias tensor and the fused attention with the value at its own width (``narrow_value``). Random
+bias tensor and the fused attention with the value zero-padded to the query's width (the form before
+``narrow_value``, the default since the seventeenth session). Random
 weights and inputs, ``torch.inference_mode``; CUDA events after warm-up, median of repeats.
 
 FLOPs per image are counted analytically from the configs (matrix products and attention, with
@@ -267,26 +268,26 @@ def run(args: argparse.Namespace) -> None:
             )
             del biased, compiled_biased
         if not args.no_compile and time.time() < deadline and ours_name.startswith("pixtok"):
-            # A/B in the same run: the fused form with the value at its own width (64) instead of
-            # zero-padded to the widened query/key's (SamRelPosAttention.narrow_value)
+            # A/B in the same run: the fused form with the value zero-padded to the widened
+            # query/key's width (SamRelPosAttention.narrow_value=False, the form before)
             with torch.device(device):
-                narrow = SamImageEncoder(sam_cfg, narrow_value=True).to(torch.bfloat16).eval()
-            narrow.vision_encoder.load_state_dict(stock.vision_encoder.state_dict())
+                padded = SamImageEncoder(sam_cfg, narrow_value=False).to(torch.bfloat16).eval()
+            padded.vision_encoder.load_state_dict(stock.vision_encoder.state_dict())
             with torch.inference_mode():
-                metrics["sam_b_narrow_value_rel_err_vs_stock"] = rel_err(narrow(x[:2]), ref)
-            compiled_narrow = torch.compile(narrow)
+                metrics["sam_b_padded_value_rel_err_vs_stock"] = rel_err(padded(x[:2]), ref)
+            compiled_padded = torch.compile(padded)
             best = max(
                 best,
                 record(
                     "sam_b",
-                    "ours_narrow_value_compile",
-                    lambda m=compiled_narrow: m(x),
+                    "ours_padded_value_compile",
+                    lambda m=compiled_padded: m(x),
                     SAM_BATCH,
                     flops,
                     True,
                 ),
             )
-            del narrow, compiled_narrow
+            del padded, compiled_padded
         if args.flex and not args.no_compile and time.time() < deadline:
             try:  # global-attention layers through FlexAttention (no materialized N x N bias)
                 for index in sam_cfg.global_attn_indexes:

@@ -31,8 +31,9 @@ dispatch trace of one step shows its ``bmm`` calls in fp32, 12 per shape: one pe
 whether the GPU step's fp32 SIMT GEMMs are the same calls is what the flag times (fourteenth session:
 they were; the compiled step did not get faster, benchmarks/RESULTS.md).
 
-``--sam-narrow-value`` runs every arm with SAM's fused attention passing the value at its own width
-(``SamRelPosAttention.narrow_value``; compare against a run without it).
+``--sam-padded-value`` runs every arm with SAM's fused attention padding the value to the widened
+query's width (``SamRelPosAttention.narrow_value=False``, the form before the seventeenth session;
+compare against a run without it).
 
 ``--pad-to-multiple-of N`` pads the 501-token targets with ignored positions to a multiple of N, as
 ``train.pad_to_multiple_of`` does in training: T5 attention's batched GEMMs over a 501-long axis run
@@ -172,19 +173,19 @@ def measure(
     pad_to_multiple_of: int = 1,
     trace: Path | None = None,
     regions: str = "blocks",
-    sam_narrow_value: bool = False,
+    sam_padded_value: bool = False,
 ) -> dict:
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(preset)
     with torch.device(device):
         model = PixtokForConditionalGeneration(config)
     model.train()
-    if sam_narrow_value:
+    if sam_padded_value:
         from pixtok.model.sam import SamRelPosAttention
 
         for module in model.modules():
             if isinstance(module, SamRelPosAttention):
-                module.narrow_value = True
+                module.narrow_value = False
     if compile_towers:  # frozen towers: forward only, compiled in place (parameter names unchanged)
         model.model.towers.compile()
     if checkpointing:
@@ -301,9 +302,9 @@ def main() -> None:
         help="pad the 501-token targets (ignored positions) to a multiple of N, as train.pad_to_multiple_of",
     )
     parser.add_argument(
-        "--sam-narrow-value",
+        "--sam-padded-value",
         action="store_true",
-        help="SAM's fused attention passes the value at its own width (SamRelPosAttention.narrow_value)",
+        help="SAM's fused attention pads the value to the query's width (SamRelPosAttention.narrow_value=False)",
     )
     parser.add_argument(
         "--reduced-math-sdp",
@@ -338,7 +339,7 @@ def main() -> None:
             r = measure(args.preset, batch, device, checkpointing=False, cached=cached,
                         compile_towers=compiled, profile=args.profile, compile_mode=mode_name,
                         pad_to_multiple_of=args.pad_to_multiple_of, trace=trace, regions=region,
-                        sam_narrow_value=args.sam_narrow_value)  # fmt: skip
+                        sam_padded_value=args.sam_padded_value)  # fmt: skip
             for k, v in r.items():
                 metrics[f"{tag}_{k}"] = v
             what = "cached" if cached else "online, compiled towers" if compiled else "online"
@@ -366,7 +367,7 @@ def main() -> None:
             device,
             checkpointing=True,
             cached=False,
-            sam_narrow_value=args.sam_narrow_value,
+            sam_padded_value=args.sam_padded_value,
         )
         for k, v in r.items():
             metrics[f"xl_{k}"] = v

@@ -214,10 +214,10 @@ def test_fused_rel_pos_attention_matches_the_bias_tensor_form(window, narrow_val
     assert set(encoder.vision_encoder.state_dict()) == set(SamVisionEncoder(config).state_dict())
     plain = SamImageEncoder(config, fused_rel_pos=False)
     assert not any(isinstance(layer.attn, SamRelPosAttention) for layer in plain.vision_encoder.layers)
-    # the encoder's switch reaches every layer, and only its own
-    narrow = SamImageEncoder(config, narrow_value=True)
-    assert all(layer.attn.narrow_value for layer in narrow.vision_encoder.layers)
-    assert not any(layer.attn.narrow_value for layer in encoder.vision_encoder.layers)
+    # the value at its own width by default; the encoder's switch reaches every layer, and only its own
+    padded = SamImageEncoder(config, narrow_value=False)
+    assert not any(layer.attn.narrow_value for layer in padded.vision_encoder.layers)
+    assert all(layer.attn.narrow_value for layer in encoder.vision_encoder.layers)
 
 
 def test_image_pe_is_kept_while_the_table_is_frozen_and_follows_its_writes() -> None:
