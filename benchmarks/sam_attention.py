@@ -2,14 +2,15 @@
 
 ``SamRelPosAttention`` folds the terms into one fused attention call: the query gets the per-row and
 per-column terms as extra columns, each key a one-hot of its row and column. At SAM-B's global
-layers (64 x 64 tokens, head dim 64) that makes the query/key width 64 + 64 + 64 = 192, and the
-value, zero-padded to the same width so that every fused kernel accepts it, 192 as well: three
+layers (64 x 64 tokens, head dim 64) that makes the query/key width 64 + 64 + 64 = 192; zero-padded
+to the same width so that every fused kernel accepts it, the value would be 192 wide as well: three
 times the attention FLOPs of the 64-wide attention the model defines. This benchmark times, on one
 global layer's shapes, forward and forward + backward:
 
-- ``padded_v``: the module's form (value padded to the query's width), under each SDPA backend;
-- ``narrow_v``: the same query/key, the value left 64 wide (kernels that accept a value width other
-  than the query's: the memory-efficient one, and cuDNN's where it does);
+- ``padded_v``: the value padded to the query's width (the module before the seventeenth session,
+  ``narrow_value=False``), under each SDPA backend;
+- ``narrow_v``: the same query/key, the value left 64 wide (the module's default since; kernels that
+  accept a value width other than the query's: cuDNN's and the memory-efficient one);
 - ``plain``: attention without the terms (the bound the terms' form is measured against).
 
 Each time includes building the terms and the widened tensors. Ratios are against ``padded_v``
