@@ -13,7 +13,8 @@ global layer's shapes, forward and forward + backward:
   accept a value width other than the query's: cuDNN's and the memory-efficient one);
 - ``plain``: attention without the terms (the bound the terms' form is measured against).
 
-Each time includes building the terms and the widened tensors. Ratios are against ``padded_v``
+Each time includes building the terms and the widened tensors (``pixtok.model.sam.fused_rel_pos_qk``,
+the module's own). Ratios are against ``padded_v``
 under the backend PyTorch picks by default, in the same run; TFLOP/s counts the model's own
 attention (``4 B heads N^2 d``, d = 64), so the wider forms' extra work does not count.
 
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from pixtok.model.sam import fused_rel_pos_qk
 from timing import RESULTS_DIR, command_line, device_description, median, spread, time_cuda_ms, write_result
 
 BACKENDS = {
@@ -41,24 +43,11 @@ BACKENDS = {
 }
 
 
-def widened(
-    q: torch.Tensor, k: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, side: int, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``q' = [q * scale, q . rel_h, q . rel_w]`` and ``k' = [k, one_hot(row), one_hot(col)]``."""
-    b, heads, n, d = q.shape
-    grid = q.reshape(b, heads, side, side, d)
-    terms_h = torch.einsum("bnhwc,hkc->bnhwk", grid, rel_h).reshape(b, heads, n, side)
-    terms_w = torch.einsum("bnhwc,wkc->bnhwk", grid, rel_w).reshape(b, heads, n, side)
-    index = torch.arange(n, device=q.device)
-    one_hot = torch.cat([F.one_hot(index // side, side), F.one_hot(index % side, side)], -1).to(k.dtype)
-    return torch.cat([q * scale, terms_h, terms_w], -1), torch.cat([k, one_hot.expand(b, heads, n, -1)], -1)
-
-
 def variant(form: str, side: int, scale: float) -> Callable:
     def run(q, k, v, rel_h, rel_w):
         if form == "plain":
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        q2, k2 = widened(q, k, rel_h, rel_w, side, scale)
+        q2, k2 = fused_rel_pos_qk(q, k, rel_h, rel_w, side, side, scale)
         if form == "padded_v":
             v2 = F.pad(v, (0, q2.shape[-1] - v.shape[-1]))
             return F.scaled_dot_product_attention(q2, k2, v2, scale=1.0)[..., : v.shape[-1]]

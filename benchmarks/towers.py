@@ -249,45 +249,25 @@ def run(args: argparse.Namespace) -> None:
         best = max(best, record("sam_b", "ours_eager", lambda m=ours: m(x), SAM_BATCH, flops, False))
         compiled = torch.compile(ours)
         best = max(best, record("sam_b", "ours_compile", lambda m=compiled: m(x), SAM_BATCH, flops, True))
-        if not args.no_compile and time.time() < deadline and ours_name.startswith("pixtok"):
-            # A/B in the same run: transformers' attention with the (B, heads, N, N) bias tensor
+        alternatives = (  # A/B in the same run: other attention forms over the same weights
+            # transformers' attention with the (B, heads, N, N) bias tensor
+            ("ours_bias_tensor_compile", {"fused_rel_pos": False}, None),
+            # the fused form with the value zero-padded to the widened query/key's width
+            # (SamRelPosAttention.narrow_value=False, the form before)
+            ("ours_padded_value_compile", {"narrow_value": False}, "sam_b_padded_value_rel_err_vs_stock"),
+        )
+        for arm, options, err_key in alternatives:
+            if args.no_compile or time.time() >= deadline or not ours_name.startswith("pixtok"):
+                break
             with torch.device(device):
-                biased = SamImageEncoder(sam_cfg, fused_rel_pos=False).to(torch.bfloat16).eval()
-            biased.vision_encoder.load_state_dict(stock.vision_encoder.state_dict())
-            compiled_biased = torch.compile(biased)
-            best = max(
-                best,
-                record(
-                    "sam_b",
-                    "ours_bias_tensor_compile",
-                    lambda m=compiled_biased: m(x),
-                    SAM_BATCH,
-                    flops,
-                    True,
-                ),
-            )
-            del biased, compiled_biased
-        if not args.no_compile and time.time() < deadline and ours_name.startswith("pixtok"):
-            # A/B in the same run: the fused form with the value zero-padded to the widened
-            # query/key's width (SamRelPosAttention.narrow_value=False, the form before)
-            with torch.device(device):
-                padded = SamImageEncoder(sam_cfg, narrow_value=False).to(torch.bfloat16).eval()
-            padded.vision_encoder.load_state_dict(stock.vision_encoder.state_dict())
-            with torch.inference_mode():
-                metrics["sam_b_padded_value_rel_err_vs_stock"] = rel_err(padded(x[:2]), ref)
-            compiled_padded = torch.compile(padded)
-            best = max(
-                best,
-                record(
-                    "sam_b",
-                    "ours_padded_value_compile",
-                    lambda m=compiled_padded: m(x),
-                    SAM_BATCH,
-                    flops,
-                    True,
-                ),
-            )
-            del padded, compiled_padded
+                other = SamImageEncoder(sam_cfg, **options).to(torch.bfloat16).eval()
+            other.vision_encoder.load_state_dict(stock.vision_encoder.state_dict())
+            if err_key:
+                with torch.inference_mode():
+                    metrics[err_key] = rel_err(other(x[:2]), ref)
+            compiled_other = torch.compile(other)
+            best = max(best, record("sam_b", arm, lambda m=compiled_other: m(x), SAM_BATCH, flops, True))
+            del other, compiled_other
         if args.flex and not args.no_compile and time.time() < deadline:
             try:  # global-attention layers through FlexAttention (no materialized N x N bias)
                 for index in sam_cfg.global_attn_indexes:

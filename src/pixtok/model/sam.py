@@ -83,6 +83,35 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def fused_rel_pos_qk(
+    query: Tensor, key: Tensor, rel_h: Tensor, rel_w: Tensor, height: int, width: int, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Query and key of :class:`SamRelPosAttention`'s one attention call: ``q' = [q * scale,
+    q . rel_h, q . rel_w]`` and ``k' = [k, one_hot(row), one_hot(col)]``, zero columns making the
+    width a multiple of 8 (attention kernels want it), so that ``q' . k'`` is the biased score.
+
+    Args:
+        query, key: (B, heads, N, c) with N = height * width, row-major.
+        rel_h, rel_w: (height, height, c) and (width, width, c) relative-position tables
+            (``get_rel_pos``), in the query's dtype.
+        height, width: the token grid.
+        scale: the attention scale (on ``q . k`` only; the terms are unscaled, as in SAM).
+    """
+    batch, heads, n, dim = query.shape
+    grid = query.reshape(batch, heads, height, width, dim)
+    terms_h = torch.einsum("bnhwc,hkc->bnhwk", grid, rel_h).reshape(batch, heads, n, height)
+    terms_w = torch.einsum("bnhwc,wkc->bnhwk", grid, rel_w).reshape(batch, heads, n, width)
+    pad = -(dim + height + width) % 8
+    index = torch.arange(n, device=query.device)
+    one_hot = torch.cat(
+        [F.one_hot(index // width, height), F.one_hot(index % width, width), index.new_zeros(n, pad)],
+        dim=-1,
+    ).to(key.dtype)
+    q_aug = torch.cat([query * scale, terms_h, terms_w, query.new_zeros(batch, heads, n, pad)], -1)
+    k_aug = torch.cat([key, one_hot.expand(batch, heads, n, -1)], -1)
+    return q_aug, k_aug
+
+
 class SamRelPosAttention(SamVisionAttention):
     """SAM's attention with the decomposed relative-position terms inside one fused attention call.
 
@@ -114,27 +143,11 @@ class SamRelPosAttention(SamVisionAttention):
         else:
             rel_h = self.get_rel_pos(height, height, self.rel_pos_h).to(query.dtype)  # (h, h_k, c)
             rel_w = self.get_rel_pos(width, width, self.rel_pos_w).to(query.dtype)  # (w, w_k, c)
-            grid = query.reshape(batch, heads, height, width, dim)
-            terms_h = torch.einsum("bnhwc,hkc->bnhwk", grid, rel_h).reshape(batch, heads, n, height)
-            terms_w = torch.einsum("bnhwc,wkc->bnhwk", grid, rel_w).reshape(batch, heads, n, width)
-            pad = -(dim + height + width) % 8  # attention kernels want widths in multiples of 8
-            index = torch.arange(n, device=query.device)
-            one_hot = torch.cat(
-                [
-                    F.one_hot(index // width, height),
-                    F.one_hot(index % width, width),
-                    index.new_zeros(n, pad),
-                ],
-                dim=-1,
-            ).to(key.dtype)
-            q_aug = torch.cat(
-                [query * self.scale, terms_h, terms_w, query.new_zeros(batch, heads, n, pad)], -1
-            )
-            k_aug = torch.cat([key, one_hot.expand(batch, heads, n, -1)], -1)
+            q_aug, k_aug = fused_rel_pos_qk(query, key, rel_h, rel_w, height, width, self.scale)
             if self.narrow_value:
                 out = F.scaled_dot_product_attention(q_aug, k_aug, value, scale=1.0)
             else:
-                v_aug = F.pad(value, (0, height + width + pad))
+                v_aug = F.pad(value, (0, q_aug.shape[-1] - dim))
                 out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., :dim]
         out = (
             out.reshape(batch, heads, height, width, dim)
@@ -856,6 +869,7 @@ __all__ = [
     "SamPositionalEmbedding",
     "convert_segment_anything_checkpoint",
     "convert_segment_anything_state_dict",
+    "fused_rel_pos_qk",
     "infer_sam_configs",
     "load_sam_weights",
     "load_segment_anything_checkpoint",
