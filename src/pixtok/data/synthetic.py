@@ -13,7 +13,8 @@ textured background regions (stuff), with occlusion, and writes for the same ima
 ``visual_genome/region_descriptions_<split>.json`` + ``image_data_<split>.json``  VG regions
 ``benchmark.json``                                 seed, sizes, split sizes, class lists
 
-Splits are fixed by image index (first 80 % train, next 10 % val, rest test); every image is drawn
+Splits are fixed by image index (first 80 % train, next 10 % val, rest test; ``extra_train_images``
+adds training images past ``num_images`` and leaves val and test as they are); every image is drawn
 from its own generator ``numpy.random.default_rng([seed, index])``, and every file is written with
 sorted keys and deterministic encoders: the same arguments give byte-identical folders, whatever
 the number of ``workers`` (processes rendering and encoding images in parallel; the main process
@@ -385,7 +386,12 @@ def narrative(scene: Scene, rng: np.random.Generator, size: int) -> dict:
 
 
 def split_of(index: int, num_images: int) -> str:
-    """Fixed split of image ``index``: first 80 % train, next 10 % val, the rest test."""
+    """Fixed split of image ``index``: first 80 % train, next 10 % val, the rest test.
+
+    Indices at or past ``num_images`` are the extra training images of
+    ``write_benchmark(extra_train_images=…)``: always ``train``."""
+    if index >= num_images:
+        return "train"
     bound = 0.0
     for name, fraction in SPLITS:
         bound += fraction
@@ -532,6 +538,7 @@ def write_benchmark(
     image_size: int = DEFAULT_IMAGE_SIZE,
     max_objects: int = MAX_OBJECTS,
     workers: int | None = 1,
+    extra_train_images: int = 0,
 ) -> dict:
     """Render ``num_images`` scenes and write every format (see the module docstring).
 
@@ -546,22 +553,35 @@ def write_benchmark(
             the output: each image depends only on ``(seed, index)``, workers write its JPEG and
             PNG and return plain records, and this process numbers annotations, regions,
             sentences and refs in index order, as one process does.
+        extra_train_images: more training images after the ``num_images`` (indices
+            ``num_images …``, drawn as every image is): the train split grows while val and test
+            keep exactly the images (and ids) that ``num_images`` alone gives them.
 
     Returns:
         The ``benchmark.json`` summary (arguments, per-split image / object / ref / region counts)
         plus ``seconds`` (wall), ``cpu_seconds`` (CPU time of this process and its workers) and
         ``workers`` (processes used) — the last three are not written to ``benchmark.json``.
     """
-    if num_images < 1 or image_size < 32 or not 1 <= max_objects <= 250 or seed < 0:
+    if (
+        num_images < 1
+        or image_size < 32
+        or not 1 <= max_objects <= 250
+        or seed < 0
+        or isinstance(extra_train_images, bool)
+        or not isinstance(extra_train_images, int)
+        or extra_train_images < 0
+    ):
         raise ValueError(
-            "need num_images >= 1, image_size >= 32, 1 <= max_objects <= 250, seed >= 0; "
-            f"got {num_images}, {image_size}, {max_objects}, {seed}"
+            "need num_images >= 1, image_size >= 32, 1 <= max_objects <= 250, seed >= 0, "
+            f"extra_train_images an int >= 0; got {num_images}, {image_size}, {max_objects}, {seed}, "
+            f"{extra_train_images!r}"
         )
     if workers is None or (isinstance(workers, int) and not isinstance(workers, bool) and workers == 0):
         workers = available_cpus()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an int >= 1, or 0 / None for every CPU; got {workers!r}")
-    workers = min(workers, num_images)
+    total = num_images + extra_train_images
+    workers = min(workers, total)
     started, cpu_started, children_started = time.perf_counter(), time.process_time(), os.times()
     root = os.fspath(out_dir)
     split_names = [name for name, _ in SPLITS]
@@ -588,11 +608,11 @@ def write_benchmark(
         pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(job,))
         # ~8 chunks per worker balances the load; at most 64 images per chunk keeps the
         # records in flight (small: no pixels, the images are already on disk) bounded.
-        chunksize = max(1, min(64, num_images // (8 * workers)))
-        records = pool.imap(_worker_record, range(num_images), chunksize=chunksize)
+        chunksize = max(1, min(64, total // (8 * workers)))
+        records = pool.imap(_worker_record, range(total), chunksize=chunksize)
     else:
         textures = texture_bank(image_size, seed)
-        records = (_image_record(job, textures, index) for index in range(num_images))
+        records = (_image_record(job, textures, index) for index in range(total))
     try:
         for index, record in enumerate(records):
             assert record["index"] == index, "records must arrive in index order"
@@ -724,6 +744,7 @@ def write_benchmark(
     summary = {
         "seed": seed,
         "num_images": num_images,
+        **({"extra_train_images": extra_train_images} if extra_train_images else {}),
         "image_size": image_size,
         "max_objects": max_objects,
         "things": list(SHAPES),
@@ -750,7 +771,7 @@ def write_benchmark(
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``pixtok synth`` options (``--out --seed --num-images --image-size --max-objects
-    --workers``)."""
+    --extra-train-images --workers``)."""
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--num-images", type=int, default=1000, help="images over all splits (default 1000)")
@@ -767,6 +788,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"shapes per image at most (default {MAX_OBJECTS})",
     )
     parser.add_argument(
+        "--extra-train-images",
+        type=int,
+        default=0,
+        help="more training images past --num-images; val and test stay as --num-images alone makes them",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -781,15 +808,22 @@ def run(args: argparse.Namespace) -> int:
 
     ``args.workers`` may be absent (callers that build the namespace by hand): one process."""
     summary = write_benchmark(
-        args.out, args.seed, args.num_images, args.image_size, args.max_objects, getattr(args, "workers", 1)
+        args.out,
+        args.seed,
+        args.num_images,
+        args.image_size,
+        args.max_objects,
+        getattr(args, "workers", 1),
+        getattr(args, "extra_train_images", 0),
     )
-    rate = summary["num_images"] / max(summary["seconds"], 1e-9)
-    cpu_rate = summary["num_images"] / max(summary["cpu_seconds"], 1e-9)
+    written = summary["num_images"] + summary.get("extra_train_images", 0)
+    rate = written / max(summary["seconds"], 1e-9)
+    cpu_rate = written / max(summary["cpu_seconds"], 1e-9)
     for name, counts in summary["splits"].items():
         print(f"{name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     processes = "one process" if summary["workers"] == 1 else f"{summary['workers']} worker processes"
     print(
-        f"wrote {summary['num_images']} images of {summary['image_size']}px to {args.out} in "
+        f"wrote {written} images of {summary['image_size']}px to {args.out} in "
         f"{summary['seconds']:.2f} s ({rate:.0f} images/s wall, {cpu_rate:.0f} images/s per CPU second, "
         f"{processes})"
     )

@@ -65,7 +65,8 @@ class DataSection:
         source: a ``pixtok.data.load`` source name (``synthetic`` generates into ``cache_dir``).
         paths: keyword paths for the loader (``annotations``, ``images``, ``refs``, …).
         val_paths: the same for the validation split (synthetic: its fixed ``val`` split).
-        synthetic: options of the synthetic benchmark writer (``num_images``, ``image_size``, ``seed``;
+        synthetic: options of the synthetic benchmark writer (``num_images``, ``image_size``, ``seed``,
+            ``extra_train_images``: more training images, val and test unchanged;
             ``workers``: processes that write it, default up to 16, not part of its cache key).
         cache_dir: where the synthetic benchmark is written (default ``~/.cache/pixtok``).
         num_val: how many validation examples evaluation uses.
