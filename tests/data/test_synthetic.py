@@ -196,7 +196,9 @@ def test_cli_arguments_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_extra_train_images_grow_train_and_leave_val_and_test_alone(tmp_path: Path) -> None:
     plain, grown = tmp_path / "plain", tmp_path / "grown"
     synthetic.write_benchmark(plain, seed=5, num_images=10, image_size=48)
-    summary = synthetic.write_benchmark(grown, seed=5, num_images=10, image_size=48, extra_train_images=4, workers=2)
+    summary = synthetic.write_benchmark(
+        grown, seed=5, num_images=10, image_size=48, extra_train_images=4, workers=2
+    )
     assert summary["extra_train_images"] == 4
     assert summary["splits"]["train"]["images"] == 8 + 4
     assert synthetic.split_of(10, 10) == synthetic.split_of(13, 10) == "train"
@@ -206,7 +208,9 @@ def test_extra_train_images_grow_train_and_leave_val_and_test_alone(tmp_path: Pa
         names = sorted(p.name for p in (plain / "images" / split).iterdir())
         assert names == sorted(p.name for p in (grown / "images" / split).iterdir())
         for name in names:
-            assert (plain / "images" / split / name).read_bytes() == (grown / "images" / split / name).read_bytes()
+            assert (plain / "images" / split / name).read_bytes() == (
+                grown / "images" / split / name
+            ).read_bytes()
         plain_refs = D.load("synthetic", root=plain, split=split, kind="refcoco")
         grown_refs = D.load("synthetic", root=grown, split=split, kind="refcoco")
         assert plain_refs.remove_columns("image").to_dict() == grown_refs.remove_columns("image").to_dict()

@@ -275,3 +275,11 @@ def test_ema_update_and_swap():
         WeightEMA([torch.nn.Parameter(torch.zeros(3))], 0.5).load_state_dict(state)
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         WeightEMA([p], 1.0)
+
+
+def test_profile_steps_profile_the_loops_steps(tmp_path):
+    _, result = _run(tmp_path, "prof", 5, **{"train.profile_steps": [2, 4]})
+    assert result["step"] == 5
+    summary = json.loads((tmp_path / "prof" / "profile" / "summary.json").read_text())
+    assert summary["steps"] == [2, 4] and summary["wall_ms"] > 0
+    assert "aten::" in (tmp_path / "prof" / "profile" / "ops.txt").read_text()

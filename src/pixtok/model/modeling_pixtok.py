@@ -325,10 +325,10 @@ class PixtokModel(PixtokPreTrainedModel):
         if check and input_ids.numel():
             # the real vocabulary: ids past it (the rows pad_vocab_to_multiple_of adds) are no tokens
             vocab_size = self.config.vocab.size
-            if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size:
+            low, high = torch.stack([input_ids.min(), input_ids.max()]).tolist()  # one device read
+            if low < 0 or high >= vocab_size:
                 raise ValueError(
-                    f"token ids must be in [0, {vocab_size}) (the pixtok vocabulary), got range "
-                    f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+                    f"token ids must be in [0, {vocab_size}) (the pixtok vocabulary), got range [{low}, {high}]"
                 )
         embeddings = self.text_model.get_input_embeddings()(input_ids)
         if self.added_tokens is not None:

@@ -146,6 +146,10 @@ class TrainSection:
             ``true``: always search, nothing turned off; ``false``: never search (every trainable
             parameter must get a gradient in every micro-batch). Checkpoints resume under any
             setting.
+        profile_steps: ``[first, last]``: profile optimizer steps ``first … last`` (1-based) with
+            ``torch.profiler`` and write ``<output_dir>/profile/`` (a Chrome trace, operators by
+            device and host time, and ``summary.json`` with the kernels' share of the wall time;
+            :mod:`pixtok.training.profiling`). Main process only. ``None``: no profiling.
     """
 
     max_steps: int = 300
@@ -178,6 +182,7 @@ class TrainSection:
     ema_decay: float | None = None
     ema_eval_raw: bool = False
     ddp_find_unused: bool | str = "auto"
+    profile_steps: tuple[int, int] | None = None
 
 
 @dataclass
@@ -239,6 +244,21 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}.{name}: expected auto | true | false, got {value!r}")
         if name == "ema_decay" and value is not None and not 0.0 < value < 1.0:
             raise ConfigError(f"{where}.{name}: expected a decay in (0, 1) or null, got {value!r}")
+        if (
+            name == "profile_steps"
+            and value is not None
+            and not (
+                isinstance(value, (list, tuple))
+                and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                and 1 <= value[0] <= value[1]
+            )
+        ):
+            raise ConfigError(
+                f"{where}.{name}: expected [first, last] steps with 1 <= first <= last, got {value!r}"
+            )
+        if name == "profile_steps" and value is not None:
+            value = tuple(value)
         if name == "pad_to_multiple_of" and value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}.{name}: expected a positive integer or null, got {value!r}")
         kwargs[name] = value

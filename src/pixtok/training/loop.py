@@ -63,6 +63,7 @@ from .compilation import compile_options, compile_repeated_blocks, eager, step_b
 from .config import ConfigError, RecipeConfig, TrainSection
 from .ema import WeightEMA
 from .feature_cache import FeatureCache, check_cacheable
+from .profiling import StepProfiler
 from .sampling import SampleStream, TaskMixture, sample_rng
 from .unused_parameters import freeze, probe
 
@@ -441,6 +442,10 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         return time.time() - started - paused
 
     history: list[dict[str, Any]] = list(state.get("history", []))
+    profiler = None
+    if cfg.profile_steps is not None and accelerator.is_main_process:
+        profiler = StepProfiler(*cfg.profile_steps, out_dir / "profile", accelerator.device)
+        profiler.after_step(start_step)
     for task_index, batch in loader:
         keys = batch.pop("_image_keys", None)
         batch = {
@@ -493,6 +498,14 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             continue
         step += 1
         bar.update(1)
+        if profiler is not None:
+            profiler.after_step(step)
+            if profiler.summary is not None and step == cfg.profile_steps[1]:
+                p = profiler.summary
+                accelerator.print(
+                    f"profile of steps {p['steps'][0]}-{p['steps'][1]}: {p['wall_ms']:.1f} ms per step, "
+                    f"{p['kernel_ms']:.1f} ms of kernels ({100 * p['busy']:.0f} % busy); {out_dir / 'profile'}"
+                )
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             totals = running
             if accelerator.num_processes > 1:  # every process logs at this step: sum over processes
@@ -552,6 +565,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 )
                 break
     bar.close()
+    if profiler is not None:
+        profiler.close()
     train_seconds = trained()
     state.update(train_seconds=round(train_seconds, 3), history=history)
 
