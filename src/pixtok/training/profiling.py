@@ -10,7 +10,9 @@ progress bar counts) under :mod:`torch.profiler` and writes, in ``<output_dir>/p
                    than its wall time is bound by the host (launches, device reads, data loading)
 
 The window's wall time counts everything the loop does between those steps, data loading included;
-the device is synchronised at both ends, so the steps before and after do not leak in.
+the device is synchronised at both ends, so the steps before and after do not leak in. Profiled
+steps run slower than the others (the host's operators are recorded), and the run's
+``time_limit_minutes`` counts them.
 """
 
 from __future__ import annotations
