@@ -330,3 +330,24 @@ def test_misses_groups_and_bands():
     assert "| kind | relation | 1 | 0.000 | 0.000 | 1.000 |" in text
     assert "| subject words | 1 | 1 | 1.000 |" in text
     assert "| size word | small | 1 |" in text and "| shape | square | 2 | 0.500 |" in text
+
+
+def test_step_rate_reads_the_steady_window_and_the_rerecording_reasons():
+    step_rate = _module("step_rate")
+    history = [{"step": s, "seconds": t} for s, t in [(25, 150.0), (50, 160.0), (100, 170.0), (150, 180.0)]]
+    assert step_rate.steady_rate(history, 100) == pytest.approx(50 / 10.0)  # compiling (before 100) left out
+    assert step_rate.steady_rate(history, 40) == pytest.approx(100 / 20.0)
+    with pytest.raises(ValueError, match="two logged steps"):
+        step_rate.steady_rate(history, 150)
+    log = (
+        "[0/1] Re-recording function=forward, mode=FORWARD, reason=CheckInvariantStatus.StaticInputIdxMismatch.\n"
+        "input name: primals_3. data pointer changed\n"
+        "[0/1] Re-recording function=forward, mode=FORWARD, reason=CheckInvariantStatus.StaticInputIdxMismatch.\n"
+        "input name: primals_3. data pointer changed\n"
+        "[1/0] Re-recording function=backward, mode=BACKWARD, reason=CheckInvariantStatus.ExpectedDeadIndicesBeforeGraphMismatch\n"
+    )
+    reasons = step_rate.rerecord_reasons(log)
+    assert reasons == {
+        "forward CheckInvariantStatus.StaticInputIdxMismatch. input name: primals_3.": 2,
+        "backward CheckInvariantStatus.ExpectedDeadIndicesBeforeGraphMismatch": 1,
+    }
