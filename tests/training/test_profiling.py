@@ -40,3 +40,12 @@ def test_profile_steps_must_be_a_window(tmp_path: Path, bad) -> None:
     path.write_text(json.dumps({"train": {"profile_steps": bad}}))
     with pytest.raises(ConfigError, match="profile_steps"):
         load_config(path)
+
+
+def test_a_window_the_run_does_not_finish_writes_nothing(tmp_path: Path) -> None:
+    profiler = StepProfiler(1, 5, tmp_path / "profile", torch.device("cpu"))
+    profiler.after_step(0)
+    profiler.after_step(1)
+    profiler.close()  # the loop stopped at step 1 (time limit, max_steps)
+    assert profiler.profile is None and profiler.summary is None
+    assert not (tmp_path / "profile").exists()
