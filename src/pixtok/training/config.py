@@ -244,20 +244,16 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}.{name}: expected auto | true | false, got {value!r}")
         if name == "ema_decay" and value is not None and not 0.0 < value < 1.0:
             raise ConfigError(f"{where}.{name}: expected a decay in (0, 1) or null, got {value!r}")
-        if (
-            name == "profile_steps"
-            and value is not None
-            and not (
+        if name == "profile_steps" and value is not None:
+            if not (
                 isinstance(value, (list, tuple))
                 and len(value) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
                 and 1 <= value[0] <= value[1]
-            )
-        ):
-            raise ConfigError(
-                f"{where}.{name}: expected [first, last] steps with 1 <= first <= last, got {value!r}"
-            )
-        if name == "profile_steps" and value is not None:
+            ):
+                raise ConfigError(
+                    f"{where}.{name}: expected [first, last] steps with 1 <= first <= last, got {value!r}"
+                )
             value = tuple(value)
         if name == "pad_to_multiple_of" and value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}.{name}: expected a positive integer or null, got {value!r}")

@@ -498,14 +498,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             continue
         step += 1
         bar.update(1)
-        if profiler is not None:
-            profiler.after_step(step)
-            if profiler.summary is not None and step == cfg.profile_steps[1]:
-                p = profiler.summary
-                accelerator.print(
-                    f"profile of steps {p['steps'][0]}-{p['steps'][1]}: {p['wall_ms']:.1f} ms per step, "
-                    f"{p['kernel_ms']:.1f} ms of kernels ({100 * p['busy']:.0f} % busy); {out_dir / 'profile'}"
-                )
+        if profiler is not None and (profiled := profiler.after_step(step)):
+            accelerator.print(f"profile of {profiled}")
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             totals = running
             if accelerator.num_processes > 1:  # every process logs at this step: sum over processes

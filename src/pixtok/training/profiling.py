@@ -41,7 +41,8 @@ class StepProfiler:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int) -> str | None:
+        """Start or stop the window at this step; returns the one-line summary when it stops."""
         if self.profile is None and self.summary is None and step == self.first - 1:
             from torch.profiler import ProfilerActivity, profile
 
@@ -58,6 +59,18 @@ class StepProfiler:
             self.profile.__exit__(None, None, None)
             self.summary = self._write(self.profile, wall)
             self.profile = None
+            return f"{self.headline()}; {self.out_dir}"
+        return None
+
+    def headline(self) -> str:
+        """``steps a-b: … ms per step, … ms of kernels (… % busy)`` of the written summary."""
+        s = self.summary
+        if s is None:
+            raise RuntimeError("the profiled window has not finished")
+        return (
+            f"steps {self.first}-{self.last}: {s['wall_ms']:.1f} ms per step, "
+            f"{s['kernel_ms']:.1f} ms of kernels ({100 * s['busy']:.0f} % busy)"
+        )
 
     def _write(self, prof: Any, wall: float) -> dict[str, Any]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,21 +86,13 @@ class StepProfiler:
             "kernel_launches": sum(e.count for e in kernels) / steps,
         }
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        self.summary = summary
         by_device = events.table(sort_by="self_device_time_total", row_limit=40) if kernels else ""
         by_host = events.table(sort_by="self_cpu_time_total", row_limit=40)
         (self.out_dir / "ops.txt").write_text(
-            f"steps {self.first}-{self.last}: {summary['wall_ms']:.1f} ms per step, "
-            f"{summary['kernel_ms']:.1f} ms of kernels ({100 * summary['busy']:.0f} % busy)\n\n"
-            f"by self device time\n{by_device}\n\nby self host time\n{by_host}\n"
+            f"{self.headline()}\n\nby self device time\n{by_device}\n\nby self host time\n{by_host}\n"
         )
-        trace = self.out_dir / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        import gzip
-        import shutil
-
-        with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        trace.unlink()
+        prof.export_chrome_trace(str(self.out_dir / "trace.json.gz"))  # torch gzips a .gz path
         return summary
 
     def close(self) -> None:
