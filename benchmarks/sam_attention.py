@@ -13,7 +13,7 @@ global layer's shapes, forward and forward + backward:
   accept a value width other than the query's: cuDNN's and the memory-efficient one);
 - ``plain``: attention without the terms (the bound the terms' form is measured against).
 
-Each time includes building the terms and the widened tensors (``pixtok.model.sam.fused_rel_pos_qk``,
+Each time includes building the terms and the widened tensors (``pixtok.model.sam.fused_rel_pos_attention``,
 the module's own). Ratios are against ``padded_v``
 under the backend PyTorch picks by default, in the same run; TFLOP/s counts the model's own
 attention (``4 B heads N^2 d``, d = 64), so the wider forms' extra work does not count.
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pixtok.model.sam import fused_rel_pos_qk
+from pixtok.model.sam import fused_rel_pos_attention
 from timing import RESULTS_DIR, command_line, device_description, median, spread, time_cuda_ms, write_result
 
 BACKENDS = {
@@ -47,11 +47,7 @@ def variant(form: str, side: int, scale: float) -> Callable:
     def run(q, k, v, rel_h, rel_w):
         if form == "plain":
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        q2, k2 = fused_rel_pos_qk(q, k, rel_h, rel_w, side, side, scale)
-        if form == "padded_v":
-            v2 = F.pad(v, (0, q2.shape[-1] - v.shape[-1]))
-            return F.scaled_dot_product_attention(q2, k2, v2, scale=1.0)[..., : v.shape[-1]]
-        return F.scaled_dot_product_attention(q2, k2, v, scale=1.0)
+        return fused_rel_pos_attention(q, k, v, rel_h, rel_w, side, side, scale, form == "narrow_v")
 
     return run
 

@@ -112,6 +112,28 @@ def fused_rel_pos_qk(
     return q_aug, k_aug
 
 
+def fused_rel_pos_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    rel_h: Tensor,
+    rel_w: Tensor,
+    height: int,
+    width: int,
+    scale: float,
+    narrow_value: bool = True,
+) -> Tensor:
+    """SAM's biased attention as one SDPA call over :func:`fused_rel_pos_qk`'s query and key:
+    (B, heads, N, c). ``narrow_value`` passes the value at its own width; ``False`` zero-pads it to
+    the widened query's width and drops the padding after (:attr:`SamRelPosAttention.narrow_value`)."""
+    q_aug, k_aug = fused_rel_pos_qk(query, key, rel_h, rel_w, height, width, scale)
+    if narrow_value:
+        return F.scaled_dot_product_attention(q_aug, k_aug, value, scale=1.0)
+    dim = value.shape[-1]
+    v_aug = F.pad(value, (0, q_aug.shape[-1] - dim))
+    return F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., :dim]
+
+
 class SamRelPosAttention(SamVisionAttention):
     """SAM's attention with the decomposed relative-position terms inside one fused attention call.
 
@@ -143,12 +165,9 @@ class SamRelPosAttention(SamVisionAttention):
         else:
             rel_h = self.get_rel_pos(height, height, self.rel_pos_h).to(query.dtype)  # (h, h_k, c)
             rel_w = self.get_rel_pos(width, width, self.rel_pos_w).to(query.dtype)  # (w, w_k, c)
-            q_aug, k_aug = fused_rel_pos_qk(query, key, rel_h, rel_w, height, width, self.scale)
-            if self.narrow_value:
-                out = F.scaled_dot_product_attention(q_aug, k_aug, value, scale=1.0)
-            else:
-                v_aug = F.pad(value, (0, q_aug.shape[-1] - dim))
-                out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., :dim]
+            out = fused_rel_pos_attention(
+                query, key, value, rel_h, rel_w, height, width, self.scale, self.narrow_value
+            )
         out = (
             out.reshape(batch, heads, height, width, dim)
             .permute(0, 2, 3, 1, 4)
@@ -869,6 +888,7 @@ __all__ = [
     "SamPositionalEmbedding",
     "convert_segment_anything_checkpoint",
     "convert_segment_anything_state_dict",
+    "fused_rel_pos_attention",
     "fused_rel_pos_qk",
     "infer_sam_configs",
     "load_sam_weights",
