@@ -225,7 +225,7 @@ def test_bad_prompts_and_mismatched_configs_raise():
         encoder(torch.rand(2, 2, 2), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"labels must be in"):
         encoder(torch.rand(1, 2, 2), torch.tensor([[2, 4]]))
-    with pytest.raises(ValueError, match=r"xy in \[0, 1\]; got values in \[0.1, 1.5\]"):
+    with pytest.raises(ValueError, match=r"model space \[0, 1\] .*; got values in \[0.1, 1.5\]"):
         encoder(torch.tensor([[[0.1, 0.2], [1.5, 0.9]]]), torch.tensor([[2, 3]]))
     encoder(torch.tensor([[[0.1, 0.2], [7.0, -3.0]]]), torch.tensor([[1, -1]]))  # padding coords are ignored
     with pytest.raises(ValueError, match="integer"):

@@ -190,15 +190,17 @@ def _soft_coordinate_correction(
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over the rows where ``mask`` is true.
+    """Mean absolute error over the rows where ``mask`` is true; 0 when none is. A masked sum, not
+    boolean indexing, so nothing is read back from the device.
 
     Args:
         pred: (..., K) predictions.
         target: (..., K) targets (NaN allowed where ``mask`` is false).
-        mask: (...) bool, at least one true.
+        mask: (...) bool.
     """
-    diff = (pred.float() - torch.nan_to_num(target.float()))[mask]
-    return diff.abs().mean()
+    weight = mask.unsqueeze(-1).float()
+    diff = (pred.float() - torch.nan_to_num(target.float())).abs() * weight
+    return diff.sum() / (weight.sum() * pred.shape[-1]).clamp(min=1.0)
 
 
 # --- mask losses ----------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from .heads import (
     mask_losses,
     masked_l1,
 )
+from .input_checks import check_prompt, check_token_ids, should_check
 from .lora import AddedTokenRows, apply_lora, lm_head_input_scale, merge_lora, reset_lora, unmerge_lora
 from .model_card import PixtokHubMixin
 from .prompt_extractor import PixtokPromptExtractor
@@ -62,8 +63,6 @@ from .sam import (
 from .t5_attention import use_contiguous_position_bias
 from .towers import DualTower, VisionFeatures
 from .vocab import DECODER_START_ID, EOS_ID, PAD_ID
-
-_COORD_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -320,16 +319,11 @@ class PixtokModel(PixtokPreTrainedModel):
     def embed_tokens(self, input_ids: torch.Tensor, check: bool = True) -> torch.Tensor:
         """(B, L) ids -> (B, L, d_model) T5 embeddings (with the added-token deltas when frozen).
 
-        ``check`` validates the id range (one host sync); the decode loop's grammar-chosen ids skip it.
+        ``check`` validates the id range (one host sync; skipped on an accelerator inside
+        :func:`~pixtok.model.input_checks.checked_on_host`); the decode loop's grammar-chosen ids skip it.
         """
-        if check and input_ids.numel():
-            # the real vocabulary: ids past it (the rows pad_vocab_to_multiple_of adds) are no tokens
-            vocab_size = self.config.vocab.size
-            low, high = torch.stack([input_ids.min(), input_ids.max()]).tolist()  # one device read
-            if low < 0 or high >= vocab_size:
-                raise ValueError(
-                    f"token ids must be in [0, {vocab_size}) (the pixtok vocabulary), got range [{low}, {high}]"
-                )
+        if check and should_check(input_ids):
+            check_token_ids(input_ids, self.config.vocab.size)
         embeddings = self.text_model.get_input_embeddings()(input_ids)
         if self.added_tokens is not None:
             embeddings = self.added_tokens.embed(input_ids, embeddings)
@@ -369,20 +363,15 @@ class PixtokModel(PixtokPreTrainedModel):
 
     @staticmethod
     def check_prompt(prompt_coords: torch.Tensor, prompt_labels: torch.Tensor) -> None:
-        """Raise a ValueError unless every real prompt point lies in model space ``[0, 1]``."""
+        """Raise a ValueError unless the prompt's shape is (B, N, 2), its labels are SAM's and every
+        real prompt point lies in model space ``[0, 1]`` (skipped on an accelerator inside
+        :func:`~pixtok.model.input_checks.checked_on_host`)."""
         if prompt_coords.ndim != 3 or prompt_coords.shape[-1] != 2:
             raise ValueError(
                 f"prompt_coords must have shape (batch, 2, 2) xy in model space, got {tuple(prompt_coords.shape)}"
             )
-        # one device-to-host read (each Python test of a GPU tensor waits for the GPU)
-        inside = (prompt_coords >= -_COORD_TOLERANCE) & (prompt_coords <= 1 + _COORD_TOLERANCE)
-        if not bool((inside | (prompt_labels == -1).unsqueeze(-1)).all().item()):
-            values = prompt_coords[prompt_labels != -1]
-            raise ValueError(
-                "prompt_coords must lie in model space [0, 1] (pixels / max(h, w) of the original image); "
-                f"got values in [{values.min().item():.4g}, {values.max().item():.4g}] — is the prompt box "
-                "outside the image, or given in pixels?"
-            )
+        if should_check(prompt_coords):
+            check_prompt(prompt_coords, prompt_labels)
 
     def cached_features(
         self, image_embeddings: torch.Tensor | None, fused_features: torch.Tensor | None
@@ -440,7 +429,8 @@ class PixtokModel(PixtokPreTrainedModel):
         Args:
             pixel_values, eva_pixel_values: tower inputs (ignored when ``features`` is given).
             input_ids: (B, Lp) encoder text prompt (task token + text), optional.
-            attention_mask: (B, Lp) for ``input_ids``.
+            attention_mask: (B, Lp) for ``input_ids``; `None`: all attended (T5 then gets no mask,
+                which saves the device reads transformers makes to inspect one).
             prompt_coords: (B, N, 2) xy model space; `None` -> the whole-image box.
             prompt_labels: (B, N) SAM labels (box: 2, 3; point: 1, -1 padding).
             image_sizes: (B, 2) original (h, w), used for the default prompt.
@@ -476,13 +466,19 @@ class PixtokModel(PixtokPreTrainedModel):
         else:
             inputs_embeds, mask = prefix, prefix_mask
         encoder = self.text_model.get_encoder()
-        encoder_outputs = encoder(inputs_embeds=inputs_embeds, attention_mask=mask, return_dict=True)
+        # no attention_mask: every position is attended, and T5 gets no mask to inspect (transformers
+        # reads a given one back from the device to see whether it can drop it)
+        encoder_outputs = encoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=None if attention_mask is None else mask,
+            return_dict=True,
+        )
         return encoder_outputs, mask, features, prefix
 
     def decode(
         self,
         encoder_outputs: BaseModelOutput,
-        encoder_attention_mask: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
         decoder_input_ids: torch.Tensor,
         past_key_values: Any = None,
         use_cache: bool = False,
@@ -491,7 +487,7 @@ class PixtokModel(PixtokPreTrainedModel):
 
         Args:
             encoder_outputs: from :meth:`encode`.
-            encoder_attention_mask: (B, Le).
+            encoder_attention_mask: (B, Le), or `None` when every encoder position is attended.
             decoder_input_ids: (B, T) (T = 1 per step when decoding with a cache).
             past_key_values: the cache of previous steps, or `None`.
             use_cache: return the updated cache.
@@ -622,7 +618,8 @@ class PixtokModel(PixtokPreTrainedModel):
             decoder_input_ids = shift_right(labels)
         logits = states = None
         if decoder_input_ids is not None:
-            logits, states, _ = self.decode(encoder_outputs, mask, decoder_input_ids)
+            cross_mask = None if attention_mask is None else mask  # None: all attended (see encode)
+            logits, states, _ = self.decode(encoder_outputs, cross_mask, decoder_input_ids)
         return PixtokModelOutput(
             logits=logits,
             decoder_hidden_states=states,
@@ -848,21 +845,20 @@ class PixtokForConditionalGeneration(PixtokGenerationMixin, PixtokHubMixin, Pixt
                 )
             if label_weights is None:
                 label_weights = torch.where(labels == EOS_ID, config.eos_weight, 1.0).to(logits.dtype)
-            if bool((labels != -100).any()):
-                losses["lm_loss"] = config.lm_loss_weight * self.lm_loss(
-                    logits,
-                    labels,
-                    label_weights,
-                    config.label_smoothing,
-                    num_classes=config.vocab.size,
-                    coordinate_bins=(config.vocab.coord_offset, config.vocab.num_bins),
-                    coordinate_sigma=config.coordinate_label_sigma,
-                )
+            # 0 when no token has a target (no device read to find out)
+            losses["lm_loss"] = config.lm_loss_weight * self.lm_loss(
+                logits,
+                labels,
+                label_weights,
+                config.label_smoothing,
+                num_classes=config.vocab.size,
+                coordinate_bins=(config.vocab.coord_offset, config.vocab.num_bins),
+                coordinate_sigma=config.coordinate_label_sigma,
+            )
         if point_targets is not None and points is not None:
             mask = point_mask.bool() if point_mask is not None else torch.isfinite(point_targets).all(-1)
-            mask = mask & torch.isfinite(point_targets).all(-1)
-            if bool(mask.any()):
-                losses["trace_loss"] = config.trace_loss_weight * masked_l1(points, point_targets, mask)
+            mask = mask & torch.isfinite(point_targets).all(-1)  # 0 when no word has a point
+            losses["trace_loss"] = config.trace_loss_weight * masked_l1(points, point_targets, mask)
         if box_targets is not None and pred_boxes is not None:
             rows = (
                 box_mask.bool()

@@ -39,6 +39,7 @@ from transformers.models.sam.modeling_sam import SamPositionalEmbedding, SamVisi
 from transformers.models.sam.modeling_sam import SamPromptEncoder as _HFSamPromptEncoder
 
 from .configuration_towers import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+from .input_checks import check_prompt, should_check
 
 SAM_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
 """Names of the three SAM parts, in the order of every loader's output dict."""
@@ -54,7 +55,6 @@ PROMPT_LABELS: dict[str, int] = {
 
 _CONVERTED_FILENAME = "sam_towers.safetensors"
 _CONVERTED_CONFIG = "sam_config.json"
-_COORD_SLACK = 1e-4  # rounding room on [0, 1] for prompt coordinates
 
 
 def _check_pixels(pixel_values: Tensor, num_channels: int, size: int, what: str) -> None:
@@ -328,19 +328,8 @@ class SamPromptEncoder(nn.Module):
             )
         if labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"prompt labels must be an integer tensor, got {labels.dtype}")
-        # both checks in one device-to-host read (each Python test of a GPU tensor waits for the GPU)
-        known = (labels >= -1) & (labels <= 3)
-        inside = (coords >= -_COORD_SLACK) & (coords <= 1 + _COORD_SLACK)
-        if not bool((known.all() & (inside | (labels == -1).unsqueeze(-1)).all()).item()):
-            if not bool(known.all()):
-                raise ValueError(
-                    f"prompt labels must be in {{-1, 0, 1, 2, 3}} ({PROMPT_LABELS}), got {labels.unique().tolist()}"
-                )
-            used = coords[labels != -1]
-            raise ValueError(
-                "prompt coords must be normalized to the padded square input, xy in [0, 1]; got values in "
-                f"[{used.min().item():.4g}, {used.max().item():.4g}] (a point or box outside the image?)"
-            )
+        if should_check(coords):  # labels known, real points in [0, 1]: one device read
+            check_prompt(coords, labels)
         encoder = self.prompt_encoder
         batch = coords.shape[0]
         # SAM embeds pixel coordinates of the S x S input, shifted to pixel centres, divided by S.
