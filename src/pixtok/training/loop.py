@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from accelerate import Accelerator
 
+from ..model.input_checks import check_batch, checked_on_host
 from ..tasks.base import Example, Task
 from .checkpoint import read_state, resolve_checkpoint, save_checkpoint
 from .compilation import compile_options, compile_repeated_blocks, eager, step_begin
@@ -138,6 +139,18 @@ class BatchMaker:
         )
         batch["_image_keys"] = [(data.source, e.image_id, *getattr(e.image, "size", ())) for e in examples]
         return t, batch
+
+
+def _host_checked(batch: dict[str, Any], vocab_size: int | None) -> dict[str, Any]:
+    """A CPU batch checked as the forward would check it (:func:`~pixtok.model.input_checks.
+    check_batch`; the forward then skips its device reads under ``checked_on_host``), without an
+    ``attention_mask`` that attends everywhere (T5 then gets no mask to read back and inspect)."""
+    if vocab_size is not None:
+        check_batch(batch, vocab_size)
+    mask = batch.get("attention_mask")
+    if torch.is_tensor(mask) and bool(mask.all()):
+        batch = {k: v for k, v in batch.items() if k != "attention_mask"}
+    return batch
 
 
 def _probe_batches(
@@ -446,8 +459,10 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     if cfg.profile_steps is not None and accelerator.is_main_process:
         profiler = StepProfiler(*cfg.profile_steps, out_dir / "profile", accelerator.device)
         profiler.after_step(start_step)
+    vocab = getattr(getattr(unwrapped, "config", None), "vocab", None)
     for task_index, batch in loader:
         keys = batch.pop("_image_keys", None)
+        batch = _host_checked(batch, vocab.size if vocab is not None else None)
         batch = {
             k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()
@@ -456,7 +471,8 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             batch = cache.apply(batch, keys)
         with accelerator.accumulate(model):
             step_begin(compiling)
-            out = model(**batch)
+            with checked_on_host():  # the batch was checked on the CPU (_host_checked)
+                out = model(**batch)
             loss = out.loss
             finite = (
                 torch.isfinite(loss.detach()).float()
@@ -468,10 +484,17 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 if accelerator.num_processes > 1
                 else finite
             )
-            if float(finite.min()) == 1.0:
+            # One process reads the loss's finiteness once the backward is queued, so the GPU is not
+            # left idle between forward and backward (a non-finite loss's gradients are dropped
+            # below with the skipped step); several read it first, for all to skip the backward.
+            early = accelerator.num_processes > 1 or loss is None
+            ok = float(finite.min()) == 1.0 if early else True
+            if ok:
                 if probed is not None:
                     probed.check(task_index, out, step + 1)
                 accelerator.backward(loss)
+                ok = ok if early else float(finite) == 1.0
+            if ok:
                 for i, name in enumerate(LOSS_NAMES):
                     value = getattr(out, name, None)
                     if value is not None:
