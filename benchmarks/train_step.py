@@ -40,6 +40,10 @@ compare against a run without it).
 on cuBLAS's unaligned (``align1``) kernels. The FLOPs stay those of the unpadded step (the padding is
 not useful work), so MFU only rises if the step gets faster.
 
+The step runs as the training loop runs it: the all-ones prompt mask is dropped and the forward
+skips the input checks that read the device (``checked_on_host``: the loop checks each batch on the
+CPU); ``--forward-checks`` times the step with both, as it was before the nineteenth session.
+
 ``--profile`` prints each base arm's top kernels and their total against the step's wall time;
 ``--trace DIR`` also writes one step of each arm as a Chrome trace (``DIR/<arm>.json.gz``, host and
 device activity) to see which host work leaves the GPU idle. ``--skip-eager`` (with ``--compile``)
@@ -64,6 +68,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixtok.model.configuration_pixtok import PixtokConfig  # noqa: E402
+from pixtok.model.input_checks import checked_on_host  # noqa: E402
 from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration  # noqa: E402
 from pixtok.training.compilation import (  # noqa: E402
     compile_options,
@@ -149,10 +154,14 @@ def timed(fn, device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
     return median(times)
 
 
-def step_fn(model, optimizer, batch, device, compiling: dict[str, str] | None = None):
+def step_fn(
+    model, optimizer, batch, device, compiling: dict[str, str] | None = None, host_checked: bool = True
+):
+    checks = checked_on_host if host_checked else contextlib.nullcontext
+
     def step():
         step_begin(compiling or {})
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16), checks():
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()
@@ -174,6 +183,7 @@ def measure(
     trace: Path | None = None,
     regions: str = "blocks",
     sam_padded_value: bool = False,
+    host_checked: bool = True,
 ) -> dict:
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(preset)
@@ -197,11 +207,13 @@ def measure(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as the training loop's
     batch = make_batch(config, batch_size, device)
+    if host_checked:  # as the training loop: the all-ones prompt mask dropped, the checks done on the CPU
+        batch.pop("attention_mask")
     if cached:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             features = model.model.encode_images(batch.pop("pixel_values"), batch.pop("eva_pixel_values"))
         batch["image_embeddings"], batch["fused_features"] = features.sam.float(), features.fused.float()
-    step = step_fn(model, optimizer, pad_targets(batch, pad_to_multiple_of), device, compiling)
+    step = step_fn(model, optimizer, pad_targets(batch, pad_to_multiple_of), device, compiling, host_checked)
     if compiling is not None:  # the first compiled steps compile (and record CUDA graphs)
         started = time.perf_counter()
         for _ in range(3):
@@ -212,7 +224,7 @@ def measure(
     step()  # allocate optimizer state before counting
     # the useful work: the unpadded targets' step
     with FlopCounterMode(display=False) as counter, model_flops_form(model), eager():
-        step_fn(model, optimizer, batch, device, compiling)()
+        step_fn(model, optimizer, batch, device, compiling, host_checked)()
     flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -307,6 +319,12 @@ def main() -> None:
         help="SAM's fused attention pads the value to the query's width (SamRelPosAttention.narrow_value=False)",
     )
     parser.add_argument(
+        "--forward-checks",
+        action="store_true",
+        help="the forward checks its inputs on the device and T5 gets the all-ones prompt mask "
+        "(the step before the training loop checked batches on the CPU; compare against a run without)",
+    )
+    parser.add_argument(
         "--reduced-math-sdp",
         action="store_true",
         help="let SDPA's math fallback compute bf16 inputs in bf16 (torch's default upcasts them to fp32)",
@@ -339,7 +357,8 @@ def main() -> None:
             r = measure(args.preset, batch, device, checkpointing=False, cached=cached,
                         compile_towers=compiled, profile=args.profile, compile_mode=mode_name,
                         pad_to_multiple_of=args.pad_to_multiple_of, trace=trace, regions=region,
-                        sam_padded_value=args.sam_padded_value)  # fmt: skip
+                        sam_padded_value=args.sam_padded_value,
+                        host_checked=not args.forward_checks)  # fmt: skip
             for k, v in r.items():
                 metrics[f"{tag}_{k}"] = v
             what = "cached" if cached else "online, compiled towers" if compiled else "online"
@@ -368,6 +387,7 @@ def main() -> None:
             checkpointing=True,
             cached=False,
             sam_padded_value=args.sam_padded_value,
+            host_checked=not args.forward_checks,
         )
         for k, v in r.items():
             metrics[f"xl_{k}"] = v
