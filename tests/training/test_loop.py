@@ -283,3 +283,22 @@ def test_profile_steps_profile_the_loops_steps(tmp_path):
     summary = json.loads((tmp_path / "prof" / "profile" / "summary.json").read_text())
     assert summary["steps"] == [2, 4] and summary["wall_ms"] > 0
     assert "aten::" in (tmp_path / "prof" / "profile" / "ops.txt").read_text()
+
+
+def test_eval_batch_size_sets_the_evaluation_batches(tmp_path, monkeypatch):
+    sizes = []
+    original = LineTask.predict
+
+    def recording(self, model, processor, examples, max_new_tokens=0):
+        sizes.append(len(examples))
+        return original(self, model, processor, examples, max_new_tokens)
+
+    monkeypatch.setattr(LineTask, "predict", recording)
+    _, default = _run(tmp_path, "default", 2)
+    assert sizes == [4]  # train.batch_size
+    sizes.clear()
+    _, small = _run(tmp_path, "small", 2, **{"train.eval_batch_size": 3})
+    assert sizes == [3, 1]
+    assert small["val"]["line"]["mse"] == pytest.approx(default["val"]["line"]["mse"])
+    with pytest.raises(ConfigError, match="train.eval_batch_size"):
+        load_config(None, {"train.eval_batch_size": 0})

@@ -111,6 +111,8 @@ class TrainSection:
         output_dir: where the model, metrics, pictures and checkpoints go.
         keep_checkpoints: how many ``checkpoint-*`` folders to keep.
         max_new_tokens: decoding budget at evaluation.
+        eval_batch_size: examples per evaluation batch (teacher-forced losses and decoding, which
+            run eagerly, without the training step's compiled memory plan); ``None``: ``batch_size``.
         gradient_checkpointing: trade compute for memory in the T5.
         cache_features: compute each image's frozen-tower features once and reuse them across
             epochs and tasks (needs frozen towers and ``augment: false``; see
@@ -173,6 +175,7 @@ class TrainSection:
     output_dir: str = "outputs/run"
     keep_checkpoints: int = 2
     max_new_tokens: int = 64
+    eval_batch_size: int | None = None
     gradient_checkpointing: bool = False
     cache_features: bool = False
     cache_max_images: int = 100_000
@@ -255,7 +258,11 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
                     f"{where}.{name}: expected [first, last] steps with 1 <= first <= last, got {value!r}"
                 )
             value = tuple(value)
-        if name == "pad_to_multiple_of" and value is not None and (not isinstance(value, int) or value < 1):
+        if (
+            name in ("pad_to_multiple_of", "eval_batch_size")
+            and value is not None
+            and (not isinstance(value, int) or value < 1)
+        ):
             raise ConfigError(f"{where}.{name}: expected a positive integer or null, got {value!r}")
         kwargs[name] = value
     return cls(**kwargs)

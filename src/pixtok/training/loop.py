@@ -437,7 +437,14 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             accelerator.autocast() if sharded else contextlib.nullcontext(),
             eager(),
         ):  # DDP: the forward is wrapped
-            return evaluate(target, processor, tasks, recipe.data.num_val, cfg.batch_size, cfg.max_new_tokens)
+            return evaluate(
+                target,
+                processor,
+                tasks,
+                recipe.data.num_val,
+                cfg.eval_batch_size or cfg.batch_size,
+                cfg.max_new_tokens,
+            )
 
     model.train()
     step, bad_step = start_step, False
