@@ -7,7 +7,8 @@ for EVA02 also with the q/k/v projections fused into one matrix (``qkv_fused=Tru
 tower with its SwiGLU hidden width zero-padded from 2730 to 2736 (``pad_mlp_hidden``: aligned bf16
 GEMMs, same output) under ``torch.compile``; for SAM also, compiled, transformers' attention with its
 bias tensor and the fused attention with the value zero-padded to the query's width (the form before
-``narrow_value``, the default since the seventeenth session). Random
+``narrow_value``, the default since the seventeenth session); for both, compiled, the patch embedding
+as cuDNN's convolution (``*_conv_patch_compile``, the form before ``PatchConv2d``). Random
 weights and inputs, ``torch.inference_mode``; CUDA events after warm-up, median of repeats.
 
 FLOPs per image are counted analytically from the configs (matrix products and attention, with
@@ -255,12 +256,20 @@ def run(args: argparse.Namespace) -> None:
             # the fused form with the value zero-padded to the widened query/key's width
             # (SamRelPosAttention.narrow_value=False, the form before)
             ("ours_padded_value_compile", {"narrow_value": False}, "sam_b_padded_value_rel_err_vs_stock"),
+            # the patch embedding as cuDNN's convolution (before PatchConv2d's matrix product)
+            ("ours_conv_patch_compile", {"conv_patch": True}, None),
         )
         for arm, options, err_key in alternatives:
             if args.no_compile or time.time() >= deadline or not ours_name.startswith("pixtok"):
                 break
+            options = dict(options)
+            conv_patch = options.pop("conv_patch", False)
             with torch.device(device):
                 other = SamImageEncoder(sam_cfg, **options).to(torch.bfloat16).eval()
+            if conv_patch:
+                from pixtok.model.patch_embedding import use_patch_matmul
+
+                use_patch_matmul(other, enable=False)
             other.vision_encoder.load_state_dict(stock.vision_encoder.state_dict())
             if err_key:
                 with torch.inference_mode():
@@ -352,6 +361,7 @@ def run(args: argparse.Namespace) -> None:
         if padded is not None:
             try:  # SwiGLU hidden 2730 -> 2736: bf16 GEMMs on aligned cuBLAS kernels, same function
                 from pixtok.model.eva02 import pad_mlp_hidden
+                from pixtok.model.patch_embedding import use_patch_matmul
 
                 fuse_eva_qkv(stock, padded.eva)
                 replaced = pad_mlp_hidden(padded)
@@ -366,6 +376,13 @@ def run(args: argparse.Namespace) -> None:
                 for name, ms in top_kernels(lambda m=padded: m(x)):
                     print(f"[towers]   padded EVA kernel (eager) {ms:8.2f} ms  {name}", flush=True)
                 variants.append(("ours_qkv_fused_padded_compile", padded))
+                # the same module with its patch embedding as cuDNN's convolution (before PatchConv2d)
+                with torch.device(device):
+                    conv = Eva02Encoder(PixtokEva02Config(qkv_fused=True)).to(torch.bfloat16).eval()
+                pad_mlp_hidden(conv)
+                conv.load_state_dict(padded.state_dict())
+                use_patch_matmul(conv, enable=False)
+                variants.append(("ours_qkv_fused_padded_conv_patch_compile", conv))
             except Exception as exc:
                 print(f"[towers] EVA padded variant FAILED: {exc!r}"[:400], flush=True)
                 metrics["eva02_l_ours_qkv_fused_padded_error"] = repr(exc)[:300]

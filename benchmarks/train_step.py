@@ -35,6 +35,10 @@ they were; the compiled step did not get faster, benchmarks/RESULTS.md).
 query's width (``SamRelPosAttention.narrow_value=False``, the form before the seventeenth session;
 compare against a run without it).
 
+``--conv-patch-embedding`` runs every arm with the towers' patch embeddings as convolutions (cuDNN),
+the form before the twenty-first session's ``PatchConv2d`` (one matrix product); compare against a
+run without it.
+
 ``--pad-to-multiple-of N`` pads the 501-token targets with ignored positions to a multiple of N, as
 ``train.pad_to_multiple_of`` does in training: T5 attention's batched GEMMs over a 501-long axis run
 on cuBLAS's unaligned (``align1``) kernels. The FLOPs stay those of the unpadded step (the padding is
@@ -70,6 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pixtok.model.configuration_pixtok import PixtokConfig  # noqa: E402
 from pixtok.model.input_checks import checked_on_host  # noqa: E402
 from pixtok.model.modeling_pixtok import PixtokForConditionalGeneration  # noqa: E402
+from pixtok.model.patch_embedding import use_patch_matmul  # noqa: E402
 from pixtok.training.compilation import (  # noqa: E402
     compile_options,
     compile_repeated_blocks,
@@ -184,6 +189,7 @@ def measure(
     regions: str = "blocks",
     sam_padded_value: bool = False,
     host_checked: bool = True,
+    conv_patch_embedding: bool = False,
 ) -> dict:
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(preset)
@@ -196,6 +202,8 @@ def measure(
         for module in model.modules():
             if isinstance(module, SamRelPosAttention):
                 module.narrow_value = False
+    if conv_patch_embedding:
+        use_patch_matmul(model, enable=False)
     if compile_towers:  # frozen towers: forward only, compiled in place (parameter names unchanged)
         model.model.towers.compile()
     if checkpointing:
@@ -319,6 +327,11 @@ def main() -> None:
         help="SAM's fused attention pads the value to the query's width (SamRelPosAttention.narrow_value=False)",
     )
     parser.add_argument(
+        "--conv-patch-embedding",
+        action="store_true",
+        help="the towers' patch embeddings run as convolutions (the form before PatchConv2d)",
+    )
+    parser.add_argument(
         "--forward-checks",
         action="store_true",
         help="the forward checks its inputs on the device and T5 gets the all-ones prompt mask "
@@ -358,7 +371,8 @@ def main() -> None:
                         compile_towers=compiled, profile=args.profile, compile_mode=mode_name,
                         pad_to_multiple_of=args.pad_to_multiple_of, trace=trace, regions=region,
                         sam_padded_value=args.sam_padded_value,
-                        host_checked=not args.forward_checks)  # fmt: skip
+                        host_checked=not args.forward_checks,
+                        conv_patch_embedding=args.conv_patch_embedding)  # fmt: skip
             for k, v in r.items():
                 metrics[f"{tag}_{k}"] = v
             what = "cached" if cached else "online, compiled towers" if compiled else "online"
@@ -388,6 +402,7 @@ def main() -> None:
             cached=False,
             sam_padded_value=args.sam_padded_value,
             host_checked=not args.forward_checks,
+            conv_patch_embedding=args.conv_patch_embedding,
         )
         for k, v in r.items():
             metrics[f"xl_{k}"] = v

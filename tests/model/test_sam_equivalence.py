@@ -183,7 +183,9 @@ def test_eva02_matches_timm_eva_from_same_kwargs(tmp_path):
         tokens = reference.forward_features(pixels)[:, reference.num_prefix_tokens :]
         expected = reference.fc_norm(tokens).transpose(1, 2).reshape(2, 32, 4, 4)
         got = ours(pixels)
-    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    # the patch embedding is a matrix product here (PatchConv2d), a convolution in timm: the same sums
+    # in another order, so equal to fp32 rounding rather than bit for bit
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("narrow_value", [False, True])

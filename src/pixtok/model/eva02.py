@@ -23,13 +23,15 @@ from timm.models.eva import Eva
 from torch import Tensor, nn
 
 from .configuration_towers import PixtokEva02Config
+from .patch_embedding import use_patch_matmul
 from .sam import _check_pixels, _module_dtype
 
 _HEAD_KEYS = ("head.weight", "head.bias")
 
 
 class Eva02Encoder(nn.Module):
-    """EVA02 ViT giving patch features on its own grid.
+    """EVA02 ViT giving patch features on its own grid; its patch embedding runs as one matrix
+    product (:class:`~pixtok.model.patch_embedding.PatchConv2d`).
 
     Gradient checkpointing: the ``gradient_checkpointing`` attribute forwards to timm's
     ``set_grad_checkpointing``, so an enclosing ``PreTrainedModel.gradient_checkpointing_enable()``
@@ -43,6 +45,7 @@ class Eva02Encoder(nn.Module):
         super().__init__()
         self.config = config
         self.eva = Eva(**config.timm_kwargs())
+        use_patch_matmul(self.eva.patch_embed)
 
     @property
     def gradient_checkpointing(self) -> bool:

@@ -51,6 +51,7 @@ from .bit_diffusion import (
     randomize_instance_ids,
 )
 from .configuration_pixtok_panoptic import PixtokPanopticConfig, PixtokPanopticDecoderConfig
+from .patch_embedding import PatchConv2d
 from .towers import DualTower
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class PanopticMaskDecoder(nn.Module):
         self.mask_size = mask_size
         ratio = mask_size // grid_size
         # bits -> tokens: one patch of ratio x ratio mask pixels per feature cell
-        self.bit_patch = nn.Conv2d(2 * num_bits, d, kernel_size=ratio, stride=ratio)
+        self.bit_patch = PatchConv2d(2 * num_bits, d, kernel_size=ratio, stride=ratio)
         self.feature_proj = nn.Conv2d(feature_channels, d, kernel_size=1)
         self.memory_proj = nn.Conv2d(feature_channels, d, kernel_size=1)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid_size * grid_size, d))

@@ -40,6 +40,7 @@ from transformers.models.sam.modeling_sam import SamPromptEncoder as _HFSamPromp
 
 from .configuration_towers import SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 from .input_checks import check_prompt, should_check
+from .patch_embedding import use_patch_matmul
 
 SAM_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
 """Names of the three SAM parts, in the order of every loader's output dict."""
@@ -179,6 +180,7 @@ class SamRelPosAttention(SamVisionAttention):
 class SamImageEncoder(nn.Module):
     """SAM's ViT image encoder with its neck (transformers' ``SamVisionEncoder``).
 
+    The patch embedding runs as one matrix product (:class:`~pixtok.model.patch_embedding.PatchConv2d`).
     Attention: :class:`SamRelPosAttention` (the relative-position terms inside the fused attention,
     no N x N bias tensor) when ``config._attn_implementation`` is ``"sdpa"`` or unset and
     ``fused_rel_pos`` is true; otherwise transformers' own (``"sdpa"`` with a bias tensor, or
@@ -198,6 +200,7 @@ class SamImageEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.vision_encoder = SamVisionEncoder(config)
+        use_patch_matmul(self.vision_encoder.patch_embed)
         if fused_rel_pos and getattr(config, "_attn_implementation", None) in (None, "sdpa"):
             for layer in self.vision_encoder.layers:
                 # same parameters, another forward: re-class in place (building a new module would
