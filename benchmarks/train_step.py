@@ -39,6 +39,12 @@ compare against a run without it).
 the form before the twenty-first session's ``PatchConv2d`` (one matrix product); compare against a
 run without it.
 
+Each arm is timed over ``--steps-per-timing`` (default 4) consecutive steps per CUDA-event pair,
+median of five such timings: the training loop does not wait for the device between steps (a
+non-finite loss's step is skipped on the device, ``pixtok.training.nonfinite``), so one step's host
+work overlaps the previous step's kernels. ``isolated_step_s`` is the same arm timed one step per
+pair (the figure before the twenty-second session), measured in the same run.
+
 ``--pad-to-multiple-of N`` pads the 501-token targets with ignored positions to a multiple of N, as
 ``train.pad_to_multiple_of`` does in training: T5 attention's batched GEMMs over a 501-long axis run
 on cuBLAS's unaligned (``align1``) kernels. The FLOPs stay those of the unpadded step (the padding is
@@ -81,6 +87,7 @@ from pixtok.training.compilation import (  # noqa: E402
     eager,
     step_begin,
 )
+from pixtok.training.nonfinite import NonFiniteGuard  # noqa: E402
 from timing import RESULTS_DIR, command_line, device_description, kernel_times, median, write_result  # noqa: E402
 
 PEAK_BF16_FLOPS = 989.4e12
@@ -139,37 +146,49 @@ def model_flops_form(model):
             module.__class__ = SamRelPosAttention
 
 
-def timed(fn, device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
-    """Median seconds per call."""
+def timed(fn, device: torch.device, warmup: int = 2, repeats: int = 5, calls: int = 1) -> float:
+    """Median seconds per call, over ``repeats`` timings of ``calls`` consecutive calls each (with
+    ``calls > 1`` one call's host work overlaps the previous call's kernels, as in a training loop
+    that does not wait for the device between steps)."""
     for _ in range(warmup):
         fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(calls):
+                fn()
             end.record()
             torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
+            times.append(start.elapsed_time(end) / 1000 / calls)
         else:
             t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - t0) / calls)
     return median(times)
 
 
 def step_fn(
     model, optimizer, batch, device, compiling: dict[str, str] | None = None, host_checked: bool = True
 ):
+    """One training step as the loop runs it: a non-finite loss's step is skipped on the device
+    (``NonFiniteGuard``: the fused AdamW reads ``found_inf``), so the step never reads the device."""
     checks = checked_on_host if host_checked else contextlib.nullcontext
+    guard = NonFiniteGuard(optimizer, device)
 
     def step():
         step_begin(compiling or {})
         with torch.autocast(device.type, dtype=torch.bfloat16), checks():
             loss = model(**batch).loss
         loss.backward()
+        guard.observe(torch.isfinite(loss.detach()))
+        guard.before_step()
         optimizer.step()
+        guard.after_step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
@@ -190,6 +209,7 @@ def measure(
     sam_padded_value: bool = False,
     host_checked: bool = True,
     conv_patch_embedding: bool = False,
+    steps_per_timing: int = 4,
 ) -> dict:
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(preset)
@@ -237,7 +257,8 @@ def measure(
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    seconds = timed(step, device)
+    seconds = timed(step, device, calls=steps_per_timing)
+    isolated = timed(step, device, warmup=0) if steps_per_timing > 1 else seconds
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     if profile and device.type == "cuda":
         print_profile(step, seconds)
@@ -247,6 +268,7 @@ def measure(
     result = {
         "samples_per_s": batch_size / seconds,
         "step_s": seconds,
+        "isolated_step_s": isolated,
         "tflop_per_step": flops / 1e12,
         "mfu": flops / seconds / PEAK_BF16_FLOPS,
         "peak_gb": peak,
@@ -327,6 +349,13 @@ def main() -> None:
         help="SAM's fused attention pads the value to the query's width (SamRelPosAttention.narrow_value=False)",
     )
     parser.add_argument(
+        "--steps-per-timing",
+        type=int,
+        default=4,
+        help="consecutive steps per CUDA-event pair (the loop does not wait for the device between "
+        "steps); each arm also reports isolated_step_s, one step per pair",
+    )
+    parser.add_argument(
         "--conv-patch-embedding",
         action="store_true",
         help="the towers' patch embeddings run as convolutions (the form before PatchConv2d)",
@@ -372,7 +401,8 @@ def main() -> None:
                         pad_to_multiple_of=args.pad_to_multiple_of, trace=trace, regions=region,
                         sam_padded_value=args.sam_padded_value,
                         host_checked=not args.forward_checks,
-                        conv_patch_embedding=args.conv_patch_embedding)  # fmt: skip
+                        conv_patch_embedding=args.conv_patch_embedding,
+                        steps_per_timing=args.steps_per_timing)  # fmt: skip
             for k, v in r.items():
                 metrics[f"{tag}_{k}"] = v
             what = "cached" if cached else "online, compiled towers" if compiled else "online"
@@ -384,6 +414,11 @@ def main() -> None:
     online = max(metrics[k] for k in headline if "cached" not in k)
     cached_best = max(metrics[k] for k in headline if "cached" in k)
     metrics["cache_speedup"] = cached_best / online
+    isolated = {k: k[: -len("samples_per_s")] + "isolated_step_s" for k in headline}
+    if all(v in metrics for v in isolated.values()):  # the same ratio, one step per timing
+        online_s = min(metrics[v] for k, v in isolated.items() if "cached" not in k)
+        cached_s = min(metrics[v] for k, v in isolated.items() if "cached" in k)
+        metrics["cache_speedup_isolated_steps"] = online_s / cached_s
     if "base_compiled_towers_samples_per_s" in metrics:
         metrics["cache_speedup_vs_compiled_towers"] = (
             metrics["base_cached_samples_per_s"] / metrics["base_compiled_towers_samples_per_s"]
@@ -403,6 +438,7 @@ def main() -> None:
             sam_padded_value=args.sam_padded_value,
             host_checked=not args.forward_checks,
             conv_patch_embedding=args.conv_patch_embedding,
+            steps_per_timing=args.steps_per_timing,
         )
         for k, v in r.items():
             metrics[f"xl_{k}"] = v

@@ -16,6 +16,7 @@ from pixtok.tasks.base import Example, Task
 from pixtok.training.checkpoint import list_checkpoints, read_state
 from pixtok.training.config import ConfigError, load_config
 from pixtok.training.loop import TaskData, train
+from pixtok.training.nonfinite import NonFiniteGuard as loop_guard
 
 
 @dataclass
@@ -163,10 +164,18 @@ def test_time_limit_counts_the_resumed_runs_earlier_training(tmp_path):
     assert finished["step"] == 12 and not finished["stopped_by_time_limit"]
 
 
-def test_nan_loss_skips_step_and_is_counted(tmp_path):
-    model, result = _run(tmp_path, "nan", 5, nan_at={3})
+def test_nan_loss_skips_step_and_is_counted(tmp_path, monkeypatch):
+    import pixtok.training.loop as loop
+
+    guards = []
+    monkeypatch.setattr(loop, "NonFiniteGuard", lambda *a: guards.append(loop_guard(*a)) or guards[-1])
+    model, result = _run(tmp_path, "nan", 5, nan_at={3}, **{"train.ema_decay": 0.5})
+    assert len(guards) == 1  # fused AdamW, no GradScaler: decided on the device, no read per step
     assert result["nan_skipped_steps"] == 1
-    assert torch.isfinite(model.a) and torch.isfinite(model.b)
+    assert torch.isfinite(model.a) and torch.isfinite(model.b)  # the saved model is the average
+    # the skipped step's loss is left out of the logged means (a NaN would poison its window)
+    logged = [h["train/loss"] for h in result["history"] if "train/loss" in h]
+    assert logged and all(np.isfinite(logged))
     metrics = json.loads((tmp_path / "nan" / "metrics.json").read_text())
     assert metrics["nan_skipped_steps"] == 1 and "mse" in metrics["val"]["line"]
 
@@ -217,9 +226,9 @@ def test_ema_average_is_what_is_evaluated_saved_and_resumed_exactly(tmp_path, mo
     seen = []  # the weights after each optimizer step, as the average reads them
     original = WeightEMA.update
 
-    def recording(self):
+    def recording(self, taken=None):
         seen.append(torch.stack([p.detach().clone() for p in self.params]))
-        original(self)
+        original(self, taken)
 
     monkeypatch.setattr(WeightEMA, "update", recording)
     raw, plain = _run(tmp_path, "raw", 6)

@@ -38,11 +38,19 @@ class WeightEMA:
         return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
-    def update(self) -> None:
-        """Move the average toward the weights (call after each optimizer step that was taken)."""
+    def update(self, taken: torch.Tensor | None = None) -> None:
+        """Move the average toward the weights (call after each optimizer step that was taken).
+
+        ``taken``: a float tensor, 1.0 if the step was taken and 0.0 if it was skipped on the device
+        (:class:`~pixtok.training.nonfinite.NonFiniteGuard`): a skipped step leaves the average as
+        it was, without the host reading the flag (its warm-up still counts the step)."""
         weight = 1.0 - self.current_decay()
         self.updates += 1
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], weight)
+        weights: float | list[torch.Tensor] = weight
+        if taken is not None:
+            flag = taken.to(self.shadow[0].device) * weight if self.shadow else taken
+            weights = [flag.to(s.dtype) for s in self.shadow]
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], weights)
 
     @torch.no_grad()
     def copy_to_params(self) -> None:

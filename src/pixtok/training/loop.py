@@ -12,7 +12,9 @@ What it guarantees:
   exactly: same step, learning rate, data order and augmentation (sampling is a pure function of
   the counter, RNG states are in the checkpoint), and the same clock: the checkpoint keeps the
   training seconds and loss history so far, so ``time_limit_minutes`` bounds the whole run;
-* a non-finite loss skips its optimizer step on every process and is counted, never trained on;
+* a non-finite loss skips its optimizer step on every process and is counted, never trained on
+  (decided on the device where the fused optimizer can, :mod:`pixtok.training.nonfinite`: no step
+  waits for the GPU to tell it);
 * evaluation with each task's metric every ``eval_every`` steps and at the end;
 * ``train.compile``: the model's repeated blocks compiled in place for the training steps
   (:mod:`pixtok.training.compilation`), evaluation eager;
@@ -64,6 +66,7 @@ from .compilation import compile_options, compile_repeated_blocks, eager, step_b
 from .config import ConfigError, RecipeConfig, TrainSection
 from .ema import WeightEMA
 from .feature_cache import FeatureCache, check_cacheable
+from .nonfinite import NonFiniteGuard, skips_on_device
 from .profiling import StepProfiler
 from .sampling import SampleStream, TaskMixture, sample_rng
 from .unused_parameters import freeze, probe
@@ -390,6 +393,14 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         ema = WeightEMA(trainable, cfg.ema_decay)
         accelerator.register_for_checkpointing(ema)  # after the scheduler: checkpoints keep its slot
     state["ema"] = ema is not None
+    # a non-finite loss's step skipped by the fused optimizer on the device, no read per step
+    # (pixtok.training.nonfinite); with fp16's GradScaler (which sets found_inf itself) or FSDP's
+    # sharded parameters the loop reads the loss's finiteness on the host instead
+    guard = (
+        NonFiniteGuard(optimizer, accelerator.device)
+        if skips_on_device(optimizer) and accelerator.scaler is None and not sharded
+        else None
+    )
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"resumed from {checkpoint} at step {start_step}")
@@ -462,6 +473,20 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
         return time.time() - started - paused
 
     history: list[dict[str, Any]] = list(state.get("history", []))
+
+    def count_skipped() -> None:
+        """Move the device's count of skipped steps into ``state`` (a read: at logs, saves and the end)."""
+        if guard is None:
+            return
+        skipped = int(guard.skipped)
+        if skipped:
+            guard.skipped.zero_()
+            state["nan_skipped_steps"] = state.get("nan_skipped_steps", 0) + skipped
+            accelerator.print(
+                f"step {step}: {skipped} non-finite loss(es) since the last log, optimizer step(s) "
+                f"skipped ({state['nan_skipped_steps']} so far)"
+            )
+
     profiler = None
     if cfg.profile_steps is not None and accelerator.is_main_process:
         profiler = StepProfiler(*cfg.profile_steps, out_dir / "profile", accelerator.device)
@@ -491,36 +516,58 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 if accelerator.num_processes > 1
                 else finite
             )
-            # One process reads the loss's finiteness once the backward is queued, so the GPU is not
-            # left idle between forward and backward (a non-finite loss's gradients are dropped
-            # below with the skipped step); several read it first, for all to skip the backward.
-            early = accelerator.num_processes > 1 or loss is None
-            ok = float(finite.min()) == 1.0 if early else True
-            if ok:
+            if guard is not None and loss is not None:
+                # decided on the device (NonFiniteGuard): the backward runs whatever the loss, and the
+                # fused optimizer drops the step of a non-finite one; nothing here waits for the GPU
                 if probed is not None:
                     probed.check(task_index, out, step + 1)
                 accelerator.backward(loss)
-                ok = ok if early else float(finite) == 1.0
-            if ok:
+                all_finite = finite.min() == 1.0
+                guard.observe(all_finite)
                 for i, name in enumerate(LOSS_NAMES):
                     value = getattr(out, name, None)
                     if value is not None:
-                        running[0, i] += value.detach().to(running.dtype)
-                        running[1, i] += 1
+                        value = value.detach().to(running.dtype)
+                        running[0, i] += torch.where(all_finite, value, torch.zeros_like(value))
+                        running[1, i] += all_finite.to(running.dtype)
             else:
-                bad_step = True
+                # One process reads the loss's finiteness once the backward is queued, so the GPU is
+                # not left idle between forward and backward (a non-finite loss's gradients are
+                # dropped below with the skipped step); several read it first, for all to skip the
+                # backward.
+                early = accelerator.num_processes > 1 or loss is None
+                ok = float(finite.min()) == 1.0 if early else True
+                if ok:
+                    if probed is not None:
+                        probed.check(task_index, out, step + 1)
+                    accelerator.backward(loss)
+                    ok = ok if early else float(finite) == 1.0
+                if ok:
+                    for i, name in enumerate(LOSS_NAMES):
+                        value = getattr(out, name, None)
+                        if value is not None:
+                            running[0, i] += value.detach().to(running.dtype)
+                            running[1, i] += 1
+                else:
+                    bad_step = True
             if accelerator.sync_gradients:
                 if bad_step:
                     state["nan_skipped_steps"] = state.get("nan_skipped_steps", 0) + 1
                     accelerator.print(
                         f"step {step + 1}: non-finite loss, optimizer step skipped ({state['nan_skipped_steps']} so far)"
                     )
+                    if guard is not None:  # a micro-batch without a loss: no backward, no step
+                        guard.ok.fill_(True)
                 else:
                     if cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    if guard is not None:
+                        guard.before_step()
                     optimizer.step()
                     if ema is not None:
-                        ema.update()
+                        ema.update(guard.taken if guard is not None else None)
+                    if guard is not None:
+                        guard.after_step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 bad_step = False
@@ -535,6 +582,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             if accelerator.num_processes > 1:  # every process logs at this step: sum over processes
                 totals = accelerator.reduce(running.clone(), reduction="sum")
             totals = totals.cpu()
+            count_skipped()
             logs = {
                 f"train/{name}": float(totals[0, i] / totals[1, i])
                 for i, name in enumerate(LOSS_NAMES)
@@ -557,6 +605,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
             pause = time.time()
             if sharded:
                 _complete_adamw_state(optimizer)
+            count_skipped()
             state.update(train_seconds=round(trained(), 3), history=history)
             save_checkpoint(accelerator, out_dir, step, _state(state, identity), keep=cfg.keep_checkpoints)
             paused += time.time() - pause
@@ -592,6 +641,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
     if profiler is not None:
         profiler.close()
     train_seconds = trained()
+    count_skipped()
     state.update(train_seconds=round(train_seconds, 3), history=history)
 
     if sharded:
