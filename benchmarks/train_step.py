@@ -45,6 +45,10 @@ non-finite loss's step is skipped on the device, ``pixtok.training.nonfinite``),
 work overlaps the previous step's kernels. ``isolated_step_s`` is the same arm timed one step per
 pair (the figure before the twenty-second session), measured in the same run.
 
+``--no-graphs REGEX`` compiles the repeated blocks whose qualified names match without CUDA graphs
+(``compile_repeated_blocks(no_graphs=…)``): for blocks whose kernels take less time than their
+graph replay costs the host.
+
 ``--pad-to-multiple-of N`` pads the 501-token targets with ignored positions to a multiple of N, as
 ``train.pad_to_multiple_of`` does in training: T5 attention's batched GEMMs over a 501-long axis run
 on cuBLAS's unaligned (``align1``) kernels. The FLOPs stay those of the unpadded step (the padding is
@@ -210,6 +214,7 @@ def measure(
     host_checked: bool = True,
     conv_patch_embedding: bool = False,
     steps_per_timing: int = 4,
+    no_graphs: str | None = None,
 ) -> dict:
     torch.manual_seed(0)
     config = PixtokConfig.from_preset(preset)
@@ -231,7 +236,7 @@ def measure(
     compiling = compile_options(compile_mode) if compile_mode else None
     compile_s = 0.0
     if compiling is not None:
-        compile_repeated_blocks(model, regions=regions, **compiling)
+        compile_repeated_blocks(model, regions=regions, no_graphs=no_graphs, **compiling)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as the training loop's
     batch = make_batch(config, batch_size, device)
@@ -349,6 +354,11 @@ def main() -> None:
         help="SAM's fused attention pads the value to the query's width (SamRelPosAttention.narrow_value=False)",
     )
     parser.add_argument(
+        "--no-graphs",
+        help="with --compile reduce-overhead: the repeated blocks whose qualified names match this "
+        "regular expression compile without CUDA graphs (e.g. 'text_model\\.encoder\\.')",
+    )
+    parser.add_argument(
         "--steps-per-timing",
         type=int,
         default=4,
@@ -402,7 +412,8 @@ def main() -> None:
                         sam_padded_value=args.sam_padded_value,
                         host_checked=not args.forward_checks,
                         conv_patch_embedding=args.conv_patch_embedding,
-                        steps_per_timing=args.steps_per_timing)  # fmt: skip
+                        steps_per_timing=args.steps_per_timing,
+                        no_graphs=args.no_graphs)  # fmt: skip
             for k, v in r.items():
                 metrics[f"{tag}_{k}"] = v
             what = "cached" if cached else "online, compiled towers" if compiled else "online"

@@ -193,3 +193,19 @@ def test_compiled_lm_loss_equals_the_function_with_gaussian_coordinates():
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got_grad, grad)
     assert float(grad[..., 55:].abs().sum()) == 0.0  # padded rows get nothing
+
+
+def test_no_graphs_compiles_the_matching_blocks_without_cuda_graphs(model, monkeypatch):
+    """compile_repeated_blocks(no_graphs=REGEX): the T5 encoder's blocks get the mode without CUDA
+    graphs, every other block the mode asked for."""
+    from pixtok.training.compilation import compile_repeated_blocks, repeated_blocks
+
+    asked = {}
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: asked.__setitem__(id(self), kw))
+    names = {id(m): n for n, m in model.named_modules()}
+    compile_repeated_blocks(model, no_graphs=r"text_model\.encoder\.", mode="reduce-overhead")
+    blocks = repeated_blocks(model)
+    encoder = [b for b in blocks if ".encoder.block." in names[id(b)]]
+    assert encoder and all(asked[id(b)] == {} for b in encoder)
+    others = [b for b in blocks if b not in encoder]
+    assert others and all(asked[id(b)] == {"mode": "reduce-overhead"} for b in others)

@@ -25,6 +25,7 @@ change every step).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,7 +110,9 @@ REGIONS = ("blocks", "stacks")
 """What :func:`compile_repeated_blocks` compiles as one region: each repeated block, or each stack."""
 
 
-def compile_repeated_blocks(model: torch.nn.Module, regions: str = "blocks", **compile_kwargs: Any) -> int:
+def compile_repeated_blocks(
+    model: torch.nn.Module, regions: str = "blocks", no_graphs: str | None = None, **compile_kwargs: Any
+) -> int:
     """``torch.compile`` every repeated block of ``model`` in place (``regions="stacks"``: every module
     holding a list of them, :func:`block_stacks`, whole), and every :func:`standalone_regions` module
     without CUDA graphs; returns how many modules were compiled.
@@ -121,6 +124,10 @@ def compile_repeated_blocks(model: torch.nn.Module, regions: str = "blocks", **c
     one CUDA-graph replay) instead of one per block; on the ``base`` training step that was no
     faster: a whole stack's guard checks and replay cost the host as much as its blocks' did
     (``benchmarks/RESULTS.md``).
+
+    ``no_graphs``: a regular expression over the modules' qualified names (``re.search``); the
+    blocks it matches are compiled without CUDA graphs (for blocks whose kernels take less time than
+    a graph replay costs the host, such as a short T5 encoder's).
     """
     if regions not in REGIONS:
         raise ValueError(f"regions must be one of {REGIONS}, got {regions!r}")
@@ -133,8 +140,12 @@ def compile_repeated_blocks(model: torch.nn.Module, regions: str = "blocks", **c
     for name in ("cache_size_limit", "recompile_limit"):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), limit))
+    plain = set()
+    if no_graphs:
+        pattern = re.compile(no_graphs)
+        plain = {id(m) for name, m in model.named_modules() if pattern.search(name)}
     for block in blocks:
-        block.compile(**compile_kwargs)
+        block.compile(**(_without_graphs(compile_kwargs) if id(block) in plain else compile_kwargs))
     for module in alone:
         module.compile(**_without_graphs(compile_kwargs))
     return len(blocks) + len(alone)
