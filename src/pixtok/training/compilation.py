@@ -126,8 +126,10 @@ def compile_repeated_blocks(
     (``benchmarks/RESULTS.md``).
 
     ``no_graphs``: a regular expression over the modules' qualified names (``re.search``); the
-    blocks it matches are compiled without CUDA graphs (for blocks whose kernels take less time than
-    a graph replay costs the host, such as a short T5 encoder's).
+    blocks it matches are compiled without CUDA graphs (meant for blocks whose kernels take less time
+    than a graph replay costs the host; on the ``base`` step with cached features the T5 encoder's
+    blocks ran slower so, 69.7 → 77.5 ms per step: launching Inductor's kernels one by one cost the
+    host more, ``benchmarks/RESULTS.md``).
     """
     if regions not in REGIONS:
         raise ValueError(f"regions must be one of {REGIONS}, got {regions!r}")
