@@ -48,7 +48,7 @@ class WeightEMA:
         self.updates += 1
         weights: float | list[torch.Tensor] = weight
         if taken is not None:
-            flag = taken.to(self.shadow[0].device) * weight if self.shadow else taken
+            flag = taken * weight
             weights = [flag.to(s.dtype) for s in self.shadow]
         torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], weights)
 

@@ -516,20 +516,13 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 if accelerator.num_processes > 1
                 else finite
             )
+            taken = None  # where the guard decides: the device's "this micro-batch's losses are finite"
             if guard is not None and loss is not None:
-                # decided on the device (NonFiniteGuard): the backward runs whatever the loss, and the
-                # fused optimizer drops the step of a non-finite one; nothing here waits for the GPU
-                if probed is not None:
-                    probed.check(task_index, out, step + 1)
-                accelerator.backward(loss)
-                all_finite = finite.min() == 1.0
-                guard.observe(all_finite)
-                for i, name in enumerate(LOSS_NAMES):
-                    value = getattr(out, name, None)
-                    if value is not None:
-                        value = value.detach().to(running.dtype)
-                        running[0, i] += torch.where(all_finite, value, torch.zeros_like(value))
-                        running[1, i] += all_finite.to(running.dtype)
+                # the backward runs whatever the loss and the fused optimizer drops the step of a
+                # non-finite one (NonFiniteGuard); nothing here waits for the GPU
+                early, ok = False, True
+                taken = finite.min() == 1.0
+                guard.observe(taken)
             else:
                 # One process reads the loss's finiteness once the backward is queued, so the GPU is
                 # not left idle between forward and backward (a non-finite loss's gradients are
@@ -537,19 +530,23 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                 # backward.
                 early = accelerator.num_processes > 1 or loss is None
                 ok = float(finite.min()) == 1.0 if early else True
-                if ok:
-                    if probed is not None:
-                        probed.check(task_index, out, step + 1)
-                    accelerator.backward(loss)
-                    ok = ok if early else float(finite) == 1.0
-                if ok:
-                    for i, name in enumerate(LOSS_NAMES):
-                        value = getattr(out, name, None)
-                        if value is not None:
-                            running[0, i] += value.detach().to(running.dtype)
-                            running[1, i] += 1
-                else:
-                    bad_step = True
+            if ok:
+                if probed is not None:
+                    probed.check(task_index, out, step + 1)
+                accelerator.backward(loss)
+                ok = ok if early or taken is not None else float(finite) == 1.0
+            if ok:
+                for i, name in enumerate(LOSS_NAMES):
+                    value = getattr(out, name, None)
+                    if value is None:
+                        continue
+                    value = value.detach().to(running.dtype)
+                    if taken is not None:  # a skipped micro-batch adds nothing (its loss may be NaN)
+                        value = torch.where(taken, value, torch.zeros_like(value))
+                    running[0, i] += value
+                    running[1, i] += 1 if taken is None else taken.to(running.dtype)
+            else:
+                bad_step = True
             if accelerator.sync_gradients:
                 if bad_step:
                     state["nan_skipped_steps"] = state.get("nan_skipped_steps", 0) + 1
@@ -557,7 +554,7 @@ def train(recipe: RecipeConfig, model: Any, processor: Any, tasks: Sequence[Task
                         f"step {step + 1}: non-finite loss, optimizer step skipped ({state['nan_skipped_steps']} so far)"
                     )
                     if guard is not None:  # a micro-batch without a loss: no backward, no step
-                        guard.ok.fill_(True)
+                        guard.discard()
                 else:
                     if cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

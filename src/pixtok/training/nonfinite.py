@@ -72,10 +72,14 @@ class NonFiniteGuard:
         """Hand the optimizer ``found_inf`` (1.0 for a step with a non-finite loss)."""
         self.optimizer.found_inf = (~self.ok).float()
 
+    def discard(self) -> None:
+        """Start the next step's flag without counting this step (one the loop skipped itself)."""
+        self.ok.fill_(True)
+
     def after_step(self) -> None:
         """Count the step if it was skipped, withdraw ``found_inf`` and start the next step's flag."""
         self.skipped += (~self.ok).long()
-        self.ok.fill_(True)
+        self.discard()
         if hasattr(self.optimizer, "found_inf"):
             del self.optimizer.found_inf
 
